@@ -1,0 +1,8 @@
+//! `rdrop convert` (not yet built).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`rdrop convert` is not available yet")
+}

@@ -1,0 +1,8 @@
+//! `rdrop score` (not yet built).
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("`rdrop score` is not available yet")
+}
