@@ -50,3 +50,7 @@
 //!   pub fn pad_id/eos_id/unk_id/vocab_size
 //! }
 //! ```
+
+pub mod device;
+pub mod generate;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! (placeholder: see the API contract in lib.rs)
