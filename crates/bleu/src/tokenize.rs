@@ -1,0 +1,282 @@
+//! sacreBLEU's BLEU tokenizers: `13a` (mteval-v13a, the default), `intl` (mteval-v14), `char`, `zh`, `none`.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::text::{py_split, py_strip};
+use crate::Error;
+
+/// A BLEU tokenizer, named as in sacreBLEU's `--tokenize`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tokenizer {
+    /// `13a`: mteval-v13a.pl's tokenization, sacreBLEU's default.
+    #[default]
+    Thirteen,
+    /// `intl`: mteval-v14.pl's international tokenization on Unicode punctuation and symbols.
+    Intl,
+    /// `char`: every non-space character is a token.
+    Char,
+    /// `zh`: Chinese characters split apart, the rest tokenized like `13a`.
+    Zh,
+    /// `none`: whitespace splitting only.
+    None,
+}
+
+impl Tokenizer {
+    /// The name used in signatures and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tokenizer::Thirteen => "13a",
+            Tokenizer::Intl => "intl",
+            Tokenizer::Char => "char",
+            Tokenizer::Zh => "zh",
+            Tokenizer::None => "none",
+        }
+    }
+
+    /// Tokenizes `line` into `out` (cleared first) as space-separated tokens.
+    pub fn tokenize_into(self, line: &str, out: &mut String) {
+        out.clear();
+        match self {
+            Tokenizer::Thirteen => tokenize_13a(line, out),
+            Tokenizer::Intl => tokenize_intl(line, out),
+            Tokenizer::Char => join_tokens(
+                line.chars()
+                    .filter(|c| !crate::text::is_py_space(*c))
+                    .map(CharStr),
+                out,
+            ),
+            Tokenizer::Zh => tokenize_zh(line, out),
+            Tokenizer::None => out.push_str(line),
+        }
+    }
+
+    /// Tokenizes `line` and returns the space-separated tokens.
+    pub fn tokenize(self, line: &str) -> String {
+        let mut out = String::new();
+        self.tokenize_into(line, &mut out);
+        out
+    }
+}
+
+impl fmt::Display for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Tokenizer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "13a" => Tokenizer::Thirteen,
+            "intl" => Tokenizer::Intl,
+            "char" => Tokenizer::Char,
+            "zh" => Tokenizer::Zh,
+            "none" => Tokenizer::None,
+            _ => return Err(Error::UnknownTokenizer(s.to_owned())),
+        })
+    }
+}
+
+struct CharStr(char);
+
+fn join_tokens<T: fmt::Display>(tokens: impl Iterator<Item = T>, out: &mut String) {
+    use fmt::Write;
+    for (i, t) in tokens.enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        let _ = write!(out, "{t}");
+    }
+}
+
+impl fmt::Display for CharStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        f.write_char(self.0)
+    }
+}
+
+fn tokenize_13a(line: &str, out: &mut String) {
+    use std::borrow::Cow;
+    let mut s: Cow<'_, str> = Cow::Borrowed(line);
+    if s.contains("<skipped>") {
+        s = Cow::Owned(s.replace("<skipped>", ""));
+    }
+    if s.contains('\n') {
+        s = Cow::Owned(s.replace("-\n", "").replace('\n', " "));
+    }
+    if s.contains('&') {
+        // Sequential, as in sacreBLEU: "&amp;lt;" ends up as "<".
+        s = Cow::Owned(
+            s.replace("&quot;", "\"")
+                .replace("&amp;", "&")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">"),
+        );
+    }
+    let mut buf = Vec::with_capacity(s.len() * 2 + 2);
+    buf.push(b' ');
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(b' ');
+    post_tokenize(buf, out);
+}
+
+/// `[\{-\~\[-\` -\&\(-\+\:-\@\/]` of sacreBLEU's `TokenizerRegexp`: ASCII punctuation except
+/// `'`, `,`, `-` and `.`, plus the space.
+#[inline]
+fn is_13a_sep(b: u8) -> bool {
+    matches!(b, b'{'..=b'~' | b'['..=b'`' | b' '..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/')
+}
+
+/// sacreBLEU's `TokenizerRegexp`, shared by `13a` and `zh`: four regex substitutions applied in turn,
+/// then whitespace normalisation.
+///
+/// Every pattern is ASCII, so each pass runs over bytes, reproducing the regex engine's left-to-right,
+/// non-overlapping matching; a pattern's `[^0-9]` may meet a byte of a multi-byte character, which
+/// inserts the space at the same character boundary as matching the whole character would.
+fn post_tokenize(mut a: Vec<u8>, out: &mut String) {
+    let mut b: Vec<u8> = Vec::with_capacity(a.len() * 2);
+    // (1) `([\{-\~\[-\` -\&\(-\+\:-\@\/])` -> ` \1 `
+    for &c in &a {
+        if is_13a_sep(c) {
+            b.extend_from_slice(&[b' ', c, b' ']);
+        } else {
+            b.push(c);
+        }
+    }
+    // (2) `([^0-9])([\.,])` -> `\1 \2 `
+    a.clear();
+    let mut i = 0;
+    while i < b.len() {
+        if i + 1 < b.len() && !b[i].is_ascii_digit() && matches!(b[i + 1], b'.' | b',') {
+            a.extend_from_slice(&[b[i], b' ', b[i + 1], b' ']);
+            i += 2;
+        } else {
+            a.push(b[i]);
+            i += 1;
+        }
+    }
+    // (3) `([\.,])([^0-9])` -> ` \1 \2`
+    b.clear();
+    let mut i = 0;
+    while i < a.len() {
+        if i + 1 < a.len() && matches!(a[i], b'.' | b',') && !a[i + 1].is_ascii_digit() {
+            b.extend_from_slice(&[b' ', a[i], b' ', a[i + 1]]);
+            i += 2;
+        } else {
+            b.push(a[i]);
+            i += 1;
+        }
+    }
+    // (4) `([0-9])(-)` -> `\1 \2 `
+    a.clear();
+    let mut i = 0;
+    while i < b.len() {
+        if i + 1 < b.len() && b[i].is_ascii_digit() && b[i + 1] == b'-' {
+            a.extend_from_slice(&[b[i], b' ', b'-', b' ']);
+            i += 2;
+        } else {
+            a.push(b[i]);
+            i += 1;
+        }
+    }
+    // Spaces were only inserted at character boundaries, so the bytes are still UTF-8.
+    let s = String::from_utf8_lossy(&a);
+    join_tokens(py_split(&s), out);
+}
+
+fn intl_regexes() -> &'static [(Regex, &'static str); 3] {
+    static RE: OnceLock<[(Regex, &'static str); 3]> = OnceLock::new();
+    RE.get_or_init(|| {
+        // Fixed patterns: compiling cannot fail.
+        let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("built-in pattern {p}: {e}"));
+        [
+            // Punctuation preceded by a non-digit.
+            (re(r"(\P{N})(\p{P})"), "${1} ${2} "),
+            // Punctuation followed by a non-digit.
+            (re(r"(\p{P})(\P{N})"), " ${1} ${2}"),
+            // Symbols.
+            (re(r"(\p{S})"), " ${1} "),
+        ]
+    })
+}
+
+fn tokenize_intl(line: &str, out: &mut String) {
+    let mut s = std::borrow::Cow::Borrowed(line);
+    for (re, rep) in intl_regexes() {
+        if let std::borrow::Cow::Owned(o) = re.replace_all(&s, *rep) {
+            s = std::borrow::Cow::Owned(o);
+        }
+    }
+    join_tokens(py_split(&s), out);
+}
+
+/// sacreBLEU's `_UCODE_RANGES` for `zh`, compared as Python strings. Two ranges are written there with
+/// five hex digits after `\u` (`'\u20000'`, `'\u2f800'`), which Python reads as a 4-digit escape plus a
+/// digit; as string bounds they make U+2001..=U+2A6D and U+2F81..=U+2FA1 count as Chinese (general
+/// punctuation such as `–` and `’` included). The scores sacreBLEU reports depend on that, so it is kept.
+const ZH_RANGES: &[(u32, u32)] = &[
+    (0x3400, 0x4db5),
+    (0x4e00, 0x9fa5),
+    (0x9fa6, 0x9fbb),
+    (0xf900, 0xfa2d),
+    (0xfa30, 0xfa6a),
+    (0xfa70, 0xfad9),
+    (0x2001, 0x2a6d),
+    (0x2f81, 0x2fa1),
+    (0xff00, 0xffef),
+    (0x2e80, 0x2eff),
+    (0x3000, 0x303f),
+    (0x31c0, 0x31ef),
+    (0x2f00, 0x2fdf),
+    (0x2ff0, 0x2fff),
+    (0x3100, 0x312f),
+    (0x31a0, 0x31bf),
+    (0xfe10, 0xfe1f),
+    (0xfe30, 0xfe4f),
+    (0x2600, 0x26ff),
+    (0x2700, 0x27bf),
+    (0x3200, 0x32ff),
+    (0x3300, 0x33ff),
+];
+
+/// Whether sacreBLEU's `zh` tokenizer puts spaces around `c`.
+pub fn is_zh_char(c: char) -> bool {
+    let c = c as u32;
+    ZH_RANGES.iter().any(|&(lo, hi)| lo <= c && c <= hi)
+}
+
+fn tokenize_zh(line: &str, out: &mut String) {
+    let line = py_strip(line);
+    let mut buf = Vec::with_capacity(line.len() * 2);
+    let mut tmp = [0u8; 4];
+    for c in line.chars() {
+        if is_zh_char(c) {
+            buf.push(b' ');
+            buf.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+            buf.push(b' ');
+        } else {
+            buf.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+        }
+    }
+    post_tokenize(buf, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thirteen_a_regex_order_matters() {
+        // "a.." : pass 2 consumes "a." so the second dot stays glued until pass 3.
+        let t = Tokenizer::Thirteen;
+        assert_eq!(t.tokenize("Hello, world."), "Hello , world .");
+        assert_eq!(t.tokenize("1,000.5 and 3-4"), "1,000.5 and 3 - 4");
+        assert_eq!(t.tokenize("&amp;lt;"), "<");
+    }
+}
