@@ -71,7 +71,8 @@
 //! }
 //! let first = losses[0];
 //! let last = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-//! assert!(last < first, "loss should fall: {first} -> {last}");
+//! // Typically ~9 -> ~2 (CE of both copies plus 5 x KL, per token); dropout noise stays well below this.
+//! assert!(last < 0.7 * first, "loss should fall: {first} -> {last}");
 //! # Ok(())
 //! # }
 //! ```

@@ -14,7 +14,9 @@ pub struct SmoothedNll {
 }
 
 /// Every part of a criterion's loss. Sums are scalar tensors still attached to the graph;
-/// [`LossParts::values`] reads them as per-token numbers for logging.
+/// [`LossParts::values`] reads them as per-token numbers for logging. To accumulate gradients
+/// over several micro-batches, backpropagate each `loss_sum`, add up their `ntokens`, and divide
+/// the gradients by that total once, which is what `loss` does for a single batch.
 #[derive(Debug, Clone)]
 pub struct LossParts {
     /// `loss_sum / max(ntokens, 1)`: the scalar to call `backward` on. Already normalised.
