@@ -1,1 +1,26 @@
-//! placeholder
+//! Trains Marian-family translation models with R-Drop or label-smoothed cross entropy:
+//! recipes, parallel-data pipeline, AdamW with saveable state, the training loop and atomic checkpoints.
+//!
+//! A run is described by a [`recipe::Recipe`] (TOML; every default lives in its `Default` impls).
+//! The corpus is read and filtered by [`data`] and batched by token count with length bucketing and
+//! a seeded order; [`optim`] holds our AdamW; [`checkpoint`] writes atomic, resumable checkpoints;
+//! [`synthetic`] generates the toy corpus of the embedded default run.
+//!
+//! ```
+//! use rdrop_train::recipe::{CriterionKind, Recipe};
+//! let r = Recipe::from_str_with("[criterion]\nalpha = 0.7\n", "example", &["optimizer.lr=3e-5".into()]).unwrap();
+//! assert_eq!(r.criterion.kind, CriterionKind::Rdrop);
+//! assert_eq!((r.criterion.alpha, r.optimizer.lr), (0.7, 3e-5));
+//! assert_eq!(r.optimizer.beta2, 0.98); // a default
+//! ```
+
+pub mod average;
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod init;
+pub mod optim;
+pub mod recipe;
+pub mod synthetic;
+
+pub use error::{Error, Result};

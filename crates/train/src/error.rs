@@ -1,0 +1,55 @@
+//! Typed errors of the trainer: every message names the file, line, key or value involved.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while preparing or running a training job.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    /// The recipe does not parse, has an unknown key, or holds values that cannot work.
+    #[error("recipe {origin}: {message}")]
+    Recipe { origin: String, message: String },
+    /// A `--set key=value` override is malformed.
+    #[error("--set {spec}: {message}")]
+    Override { spec: String, message: String },
+    /// Source and target files of a text corpus have different numbers of lines.
+    #[error("misaligned parallel files: {} has {source_lines} lines but {} has {target_lines}", source_path.display(), target_path.display())]
+    Misaligned { source_path: PathBuf, source_lines: usize, target_path: PathBuf, target_lines: usize },
+    /// A line of a corpus is not valid UTF-8.
+    #[error("{}:{line}: invalid UTF-8 (byte offset {offset} in the line)", path.display())]
+    InvalidUtf8 { path: PathBuf, line: usize, offset: usize },
+    /// A TSV or JSONL line lacks a column or field, or is not valid JSON.
+    #[error("{}:{line}: {message}", path.display())]
+    BadLine { path: PathBuf, line: usize, message: String },
+    /// The recipe's data section does not say which files to read.
+    #[error("data.{split}: {message}")]
+    DataSpec { split: String, message: String },
+    /// No training pair survived reading and filtering.
+    #[error("no usable training pairs in {what} ({stats})")]
+    NoData { what: String, stats: String },
+    /// Failure in the model, tokenizer, loss or BLEU crate.
+    #[error(transparent)]
+    External(Box<dyn std::error::Error + Send + Sync>),
+    /// Tensor-level failure.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A saved training state is missing a piece or does not match the run.
+    #[error("checkpoint {}: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
+    /// The loss was NaN or infinite for too many updates.
+    #[error("{message}")]
+    NonFinite { message: String },
+    /// Anything else with a message.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Result with the trainer's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Wraps an error of another rdrop crate.
+pub fn ext<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
+    Error::External(Box::new(e))
+}
