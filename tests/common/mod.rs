@@ -12,7 +12,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Self {
-        Sandbox { dir: tempfile::tempdir().expect("create temp dir") }
+        Sandbox {
+            dir: tempfile::tempdir().expect("create temp dir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -70,7 +72,11 @@ impl Rdrop {
     /// Runs to completion and returns the raw output.
     pub fn output(mut self) -> Output {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = self.cmd.spawn().expect("spawn rdrop");
         if let Some(input) = self.stdin.take() {
             let mut pipe = child.stdin.take().expect("stdin pipe");
