@@ -1,56 +1,64 @@
 //! A Marian/BART-family encoder-decoder transformer for candle that trains (dropout, padding masks,
 //! gradients to every parameter) and decodes (KV cache kept outside the weights).
 //!
-//! API CONTRACT (to be replaced by real docs when the crate lands; other crates code against this):
+//! # Overview
+//! - [`config::Config`]: a Hugging Face `config.json`, with transformers' `MarianConfig` defaults for
+//!   absent keys; unknown keys are kept and written back.
+//! - [`model::MarianModel`]: post-norm encoder-decoder with sinusoidal positions, `scale_embedding`,
+//!   swish/gelu/gelu_new/relu, tied or untied embeddings, `final_logits_bias`, shared or separate
+//!   encoder/decoder vocabularies. Its `VarBuilder` names are the Hugging Face keys. Every forward
+//!   takes a [`Mode`]: `Mode::Eval`, or `Mode::Train(&rng)` to apply `dropout`, `attention_dropout`
+//!   and `activation_dropout` exactly where transformers does, with masks from a seeded
+//!   [`DropoutRng`] whose state can be saved and restored.
+//! - [`cache::DecoderCache`]: incremental decoding state (cross-attention K/V computed once per
+//!   source, self-attention K/V growing per step; `select` reorders or drops rows for beam search).
+//! - [`checkpoint`]: find a model (directory, weights file, or hub id via hf-hub's cache, offline with
+//!   `HF_HUB_OFFLINE=1`), load `model.safetensors` or zip `pytorch_model.bin`, and save
+//!   `config.json` + `model.safetensors` that transformers loads with identical outputs.
+//! - [`tokenizer`], [`generate`], [`device`]: Marian tokenizers, greedy/beam search, device parsing.
 //!
-//! ```text
-//! pub mod config;      // Config: serde from HF config.json, transformers' defaults for absent keys
-//! pub mod dropout;     // DropoutRng (seeded ChaCha, state saveable), Mode
-//! pub mod model;       // MarianModel
-//! pub mod cache;       // DecoderCache
-//! pub mod checkpoint;  // resolve / load / save HF directories (hf-hub for hub ids)
-//! pub mod tokenizer;   // MarianTokenizer (tokenizer.json, or source.spm/target.spm + vocab.json)
-//! pub mod error;       // Error (thiserror), Result
+//! # Example
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use rdrop_seq2seq::{checkpoint, DropoutRng, Mode};
 //!
-//! /// Train or eval: passed to every forward. Copy, so it threads through layers freely.
-//! #[derive(Clone, Copy)] pub enum Mode<'a> { Eval, Train(&'a DropoutRng) }
-//! impl DropoutRng { pub fn new(seed: u64) -> Self; pub fn state(&self) -> RngState;
-//!                   pub fn from_state(s: RngState) -> Self }   // RngState: Serialize + Deserialize
+//! # fn main() -> rdrop_seq2seq::Result<()> {
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/opus");
+//! let (cfg, model) = checkpoint::load(dir, DType::F32, &Device::Cpu)?;
+//! let src = Tensor::new(&[[5u32, 9, 0], [7, 0, cfg.pad_token_id]], &Device::Cpu)?;
+//! let mask = Tensor::new(&[[1u32, 1, 1], [1, 1, 0]], &Device::Cpu)?;
+//! let start = cfg.decoder_start_token_id;
+//! let tgt_in = Tensor::new(&[[start, 4], [start, 6]], &Device::Cpu)?;
 //!
-//! impl MarianModel {
-//!   pub fn new(cfg: &Config, vb: candle_nn::VarBuilder) -> Result<Self>;   // vb names = HF keys
-//!   pub fn config(&self) -> &Config;
-//!   // src_ids [B,S] u32; src_mask [B,S] u32/u8 (1 = token, 0 = pad) -> encoder states [B,S,D]
-//!   pub fn encode(&self, src_ids: &Tensor, src_mask: &Tensor, mode: Mode) -> Result<Tensor>;
-//!   // teacher forcing: tgt_in [B,T] u32 (decoder_start + target[..-1]) -> logits [B,T,V]
-//!   pub fn decode(&self, tgt_in: &Tensor, enc: &Tensor, src_mask: &Tensor, mode: Mode) -> Result<Tensor>;
-//!   pub fn forward(&self, src_ids: &Tensor, src_mask: &Tensor, tgt_in: &Tensor, mode: Mode) -> Result<Tensor>;
-//!   // incremental decoding, eval mode: cross-attention K/V computed once here
-//!   pub fn new_cache(&self, enc: &Tensor, src_mask: &Tensor) -> Result<DecoderCache>;
-//!   // tokens [B] u32 (the last token of each row) -> logits [B,V] for the next position
-//!   pub fn decode_step(&self, tokens: &Tensor, cache: &mut DecoderCache) -> Result<Tensor>;
-//! }
-//! impl DecoderCache {
-//!   pub fn select(&self, rows: &Tensor) -> Result<DecoderCache>; // reorder/drop rows (beams, finished)
-//!   pub fn len(&self) -> usize;                                    // tokens decoded so far
-//! }
-//! // checkpoint
-//! pub fn resolve(model: &str) -> Result<PathBuf>; // local dir, or hub id through hf-hub's cache
-//! pub fn load_varmap(dir: &Path, cfg: &Config, dtype, device) -> Result<VarMap>; // every tensor a Var
-//! pub fn load(model: &str, dtype, device) -> Result<(Config, MarianModel)>;     // inference
-//! pub fn save(dir: &Path, cfg: &Config, varmap: &VarMap) -> Result<()>;       // config.json + model.safetensors
-//! // tokenizer
-//! impl MarianTokenizer {
-//!   pub fn from_dir(dir: &Path) -> Result<Self>;
-//!   pub fn from_tokenizer(tok: tokenizers::Tokenizer) -> Result<Self>; // joint, e.g. trained BPE
-//!   pub fn save(&self, dir: &Path) -> Result<()>;
-//!   pub fn encode_source(&self, text: &str) -> Result<Vec<u32>>;   // `</s>` appended
-//!   pub fn encode_target(&self, text: &str) -> Result<Vec<u32>>;   // `</s>` appended
-//!   pub fn decode(&self, ids: &[u32]) -> Result<String>;           // specials skipped
-//!   pub fn pad_id/eos_id/unk_id/vocab_size
-//! }
+//! // Teacher forcing, deterministic.
+//! let logits = model.forward(&src, &mask, &tgt_in, Mode::Eval)?;
+//! assert_eq!(logits.dims(), &[2, 2, cfg.target_vocab_size()]);
+//!
+//! // Training pass: dropout masks drawn from a seeded generator.
+//! let rng = DropoutRng::new(1);
+//! let _train_logits = model.forward(&src, &mask, &tgt_in, Mode::Train(&rng))?;
+//!
+//! // Incremental decoding: encode once, then one token per step.
+//! let enc = model.encode(&src, &mask, Mode::Eval)?;
+//! let mut cache = model.new_cache(&enc, &mask)?;
+//! let next = model.decode_step(&Tensor::new(&[start, start], &Device::Cpu)?, &mut cache)?;
+//! assert_eq!(next.dims(), &[2, cfg.target_vocab_size()]);
+//! # Ok(())
+//! # }
 //! ```
 
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
 pub mod device;
+pub mod dropout;
+pub mod error;
 pub mod generate;
+pub mod model;
 pub mod tokenizer;
+
+pub use cache::DecoderCache;
+pub use config::{Activation, Config};
+pub use dropout::{DropoutRng, Mode, RngState};
+pub use error::{Error, Result};
+pub use model::MarianModel;

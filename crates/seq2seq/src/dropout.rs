@@ -1,0 +1,150 @@
+//! Train/eval mode and the seeded generator dropout masks come from.
+//!
+//! candle's CPU generator cannot be seeded and `candle_nn::ops::dropout` draws from it, so masks here
+//! come from a ChaCha8 stream the caller seeds. Masks are drawn on the host and moved to the tensor's
+//! device, so a run gives the same masks on CPU and CUDA, and the stream position can be saved with a
+//! training checkpoint for an exact resume.
+
+use std::sync::{Mutex, MutexGuard};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+/// Train or eval: passed to every forward. `Copy`, so it threads through the layers freely.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode<'a> {
+    /// No dropout, no layer drop: deterministic.
+    Eval,
+    /// Dropout as configured, masks drawn from the given generator.
+    Train(&'a DropoutRng),
+}
+
+impl Mode<'_> {
+    /// Whether dropout is active.
+    pub fn is_train(&self) -> bool {
+        matches!(self, Mode::Train(_))
+    }
+
+    /// `x` with dropout of probability `p` in train mode (scaled by 1/(1-p), as PyTorch does); `x`
+    /// itself in eval mode or when `p` is 0.
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        match self {
+            Mode::Train(rng) if p > 0.0 => rng.dropout(x, p),
+            _ => Ok(x.clone()),
+        }
+    }
+}
+
+/// A seeded source of dropout masks. Shared by reference (`Mode::Train(&rng)`); a mutex inside keeps
+/// the stream consistent if layers run on several threads.
+#[derive(Debug)]
+pub struct DropoutRng {
+    rng: Mutex<ChaCha8Rng>,
+}
+
+/// Where a [`DropoutRng`] stands in its stream: save it with a checkpoint, restore it with
+/// [`DropoutRng::from_state`] to draw the masks an uninterrupted run would have drawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// The 256-bit ChaCha key.
+    pub seed: [u8; 32],
+    /// The ChaCha stream number.
+    pub stream: u64,
+    /// 32-bit words consumed so far.
+    pub word_pos: u64,
+}
+
+impl Clone for DropoutRng {
+    fn clone(&self) -> Self {
+        DropoutRng {
+            rng: Mutex::new(self.lock().clone()),
+        }
+    }
+}
+
+impl DropoutRng {
+    /// A generator whose whole stream is fixed by `seed`.
+    pub fn new(seed: u64) -> Self {
+        DropoutRng {
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChaCha8Rng> {
+        // A panic elsewhere cannot leave a ChaCha state half-updated: keep using it.
+        self.rng.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current position in the stream.
+    pub fn state(&self) -> RngState {
+        let rng = self.lock();
+        RngState {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            // 2^64 words is centuries of masks: the conversion cannot saturate in practice.
+            word_pos: u64::try_from(rng.get_word_pos()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// A generator continuing exactly where `state` was taken.
+    pub fn from_state(state: RngState) -> Self {
+        let mut rng = ChaCha8Rng::from_seed(state.seed);
+        rng.set_stream(state.stream);
+        rng.set_word_pos(u128::from(state.word_pos));
+        DropoutRng {
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// A uniform draw in [0, 1) (used for layer drop).
+    pub fn uniform(&self) -> f64 {
+        (self.lock().next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A dropout mask: each element independently 0 with probability `p`, else 1/(1-p).
+    pub fn mask(
+        &self,
+        shape: impl Into<Shape>,
+        p: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        if p >= 1.0 {
+            return Ok(Tensor::zeros(shape, dtype, device)?);
+        }
+        let scale = (1.0 / (1.0 - p)) as f32;
+        // Element dropped iff its 32-bit draw is below p·2^32: one draw per element.
+        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
+        let mut bytes = vec![0u8; 4 * n];
+        self.lock().fill_bytes(&mut bytes);
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| {
+                let u = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if u < threshold {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(values, shape, device)?;
+        Ok(if dtype == DType::F32 {
+            mask
+        } else {
+            mask.to_dtype(dtype)?
+        })
+    }
+
+    /// `x` times a fresh mask ([`DropoutRng::mask`]).
+    pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
+        let mask = self.mask(x.shape(), p, x.dtype(), x.device())?;
+        Ok(x.mul(&mask)?)
+    }
+}

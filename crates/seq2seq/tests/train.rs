@@ -1,0 +1,210 @@
+//! Training behaviour: gradients reach every parameter, dropout is active only in train mode and is
+//! reproducible from its seed (including after saving and restoring the generator's state).
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use common::{fixture_dir, max_abs_diff, Reference, VARIANTS};
+use rdrop_seq2seq::{checkpoint, Config, DropoutRng, MarianModel, Mode};
+
+fn trainable(variant: &str) -> (Config, candle_nn::VarMap, MarianModel) {
+    let dir = fixture_dir(variant);
+    let cfg = checkpoint::load_config(&dir).expect("config");
+    let varmap = checkpoint::load_varmap(&dir, &cfg, DType::F32, &Device::Cpu).expect("varmap");
+    let model = MarianModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .expect("model");
+    (cfg, varmap, model)
+}
+
+fn logits(model: &MarianModel, r: &Reference, mode: Mode) -> Tensor {
+    model
+        .forward(
+            &r.tensor("src_ids"),
+            &r.tensor("src_mask"),
+            &r.tensor("tgt_in"),
+            mode,
+        )
+        .expect("forward")
+}
+
+/// Summed negative log-likelihood of the non-pad labels.
+fn nll(logits: &Tensor, r: &Reference) -> Tensor {
+    let lp = candle_nn::ops::log_softmax(logits, D::Minus1).expect("log_softmax");
+    let labels = r.tensor("labels").unsqueeze(2).expect("unsqueeze");
+    let picked = lp
+        .gather(&labels, 2)
+        .expect("gather")
+        .squeeze(2)
+        .expect("squeeze");
+    let mask = r.tensor("tgt_mask").to_dtype(DType::F32).expect("mask");
+    (picked * mask)
+        .expect("mul")
+        .sum_all()
+        .expect("sum")
+        .neg()
+        .expect("neg")
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    for variant in VARIANTS {
+        let (_, varmap, model) = trainable(variant);
+        let r = Reference::load(variant);
+        let rng = DropoutRng::new(1);
+        let loss = nll(&logits(&model, &r, Mode::Train(&rng)), &r);
+        let grads = loss.backward().expect("backward");
+        let vars = varmap.data().lock().expect("lock").clone();
+        assert!(vars.len() > 20, "{variant}: only {} variables", vars.len());
+        let mut names: Vec<_> = vars.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let g = grads
+                .get(vars[&name].as_tensor())
+                .unwrap_or_else(|| panic!("{variant}: no gradient for {name}"));
+            let norm = g
+                .abs()
+                .expect("abs")
+                .sum_all()
+                .expect("sum")
+                .to_scalar::<f32>()
+                .expect("scalar");
+            assert!(norm > 0.0, "{variant}: zero gradient for {name}");
+        }
+    }
+}
+
+#[test]
+fn the_pad_embedding_row_gets_no_gradient_as_in_pytorch() {
+    // nn.Embedding(padding_idx=pad) never updates the pad row (Marian's decoder start token too). In
+    // the untied variant the embeddings are only looked up, so their pad rows must get exactly zero.
+    let (cfg, varmap, model) = trainable("untied-relu");
+    let r = Reference::load("untied-relu");
+    let rng = DropoutRng::new(3);
+    let grads = nll(&logits(&model, &r, Mode::Train(&rng)), &r)
+        .backward()
+        .expect("backward");
+    let vars = varmap.data().lock().expect("lock").clone();
+    let pad = cfg.pad_token_id as usize;
+    let src = r.rows_u32("src_ids");
+    for key in [
+        "model.encoder.embed_tokens.weight",
+        "model.decoder.embed_tokens.weight",
+    ] {
+        let g = grads
+            .get(vars[key].as_tensor())
+            .expect("grad")
+            .to_vec2::<f32>()
+            .expect("rows");
+        assert!(
+            g[pad].iter().all(|v| *v == 0.0),
+            "{key}: pad row has a gradient"
+        );
+        let used = src[0][0] as usize;
+        if key.contains("encoder") {
+            assert!(
+                g[used].iter().any(|v| *v != 0.0),
+                "{key}: row {used} has no gradient"
+            );
+        }
+    }
+}
+
+#[test]
+fn train_mode_is_random_and_eval_mode_is_deterministic() {
+    let (_, _, model) = trainable("opus");
+    let r = Reference::load("opus");
+    let rng = DropoutRng::new(7);
+    let a = logits(&model, &r, Mode::Train(&rng));
+    let b = logits(&model, &r, Mode::Train(&rng));
+    assert!(
+        max_abs_diff(&a, &b) > 1e-3,
+        "two train-mode passes gave the same logits"
+    );
+    let e1 = logits(&model, &r, Mode::Eval);
+    let e2 = logits(&model, &r, Mode::Eval);
+    assert_eq!(max_abs_diff(&e1, &e2), 0.0);
+    assert!(
+        max_abs_diff(&a, &e1) > 1e-3,
+        "train mode equals eval mode: dropout is not applied"
+    );
+}
+
+#[test]
+fn same_seed_same_masks_and_state_resumes_exactly() {
+    let (_, _, model) = trainable("opus");
+    let r = Reference::load("opus");
+    let a = DropoutRng::new(42);
+    let b = DropoutRng::new(42);
+    assert_eq!(
+        max_abs_diff(
+            &logits(&model, &r, Mode::Train(&a)),
+            &logits(&model, &r, Mode::Train(&b))
+        ),
+        0.0
+    );
+    // Save the position mid-run (through JSON, as a checkpoint would), resume, and compare.
+    let state = serde_json::to_string(&a.state()).expect("serialise");
+    let next = logits(&model, &r, Mode::Train(&a));
+    let resumed = DropoutRng::from_state(serde_json::from_str(&state).expect("deserialise"));
+    assert_eq!(
+        max_abs_diff(&next, &logits(&model, &r, Mode::Train(&resumed))),
+        0.0
+    );
+    let other = DropoutRng::new(43);
+    assert!(max_abs_diff(&next, &logits(&model, &r, Mode::Train(&other))) > 1e-3);
+}
+
+#[test]
+fn dropout_masks_have_the_configured_rate_and_scale() {
+    let rng = DropoutRng::new(5);
+    let p = 0.3;
+    let m = rng
+        .mask((200, 500), p, DType::F32, &Device::Cpu)
+        .expect("mask")
+        .flatten_all()
+        .expect("flat");
+    let v = m.to_vec1::<f32>().expect("values");
+    let zeros = v.iter().filter(|x| **x == 0.0).count() as f64 / v.len() as f64;
+    let kept: Vec<f32> = v.iter().copied().filter(|x| *x != 0.0).collect();
+    assert!((zeros - p).abs() < 0.01, "dropped fraction {zeros}");
+    assert!(
+        kept.iter().all(|x| (*x - 1.0 / 0.7).abs() < 1e-6),
+        "kept values scaled by 1/(1-p)"
+    );
+    let mean = v.iter().map(|x| *x as f64).sum::<f64>() / v.len() as f64;
+    assert!((mean - 1.0).abs() < 0.02, "mask mean {mean}");
+}
+
+#[test]
+fn the_train_flag_reaches_attention_and_activation_dropout() {
+    // With only attention_dropout (or only activation_dropout) set, train mode must still differ.
+    for key in ["attention_dropout", "activation_dropout"] {
+        let dir = fixture_dir("opus");
+        let mut cfg = checkpoint::load_config(&dir).expect("config");
+        cfg.dropout = 0.0;
+        cfg.attention_dropout = 0.0;
+        cfg.activation_dropout = 0.0;
+        match key {
+            "attention_dropout" => cfg.attention_dropout = 0.5,
+            _ => cfg.activation_dropout = 0.5,
+        }
+        let tensors =
+            checkpoint::load_tensors(&dir, &cfg, DType::F32, &Device::Cpu).expect("tensors");
+        let model = MarianModel::new(
+            &cfg,
+            VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu),
+        )
+        .expect("model");
+        let r = Reference::load("opus");
+        let rng = DropoutRng::new(9);
+        let diff = max_abs_diff(
+            &logits(&model, &r, Mode::Train(&rng)),
+            &logits(&model, &r, Mode::Eval),
+        );
+        assert!(diff > 1e-3, "{key} has no effect in train mode");
+    }
+}
