@@ -182,6 +182,64 @@ def check_published(texts):
                                      eps_smoothing=True).score - 8.3333) < 1e-4
 
 
+def cli_cases(texts):
+    """sacreBLEU's command line on small files (BOM, CRLF, trailing blanks, tabs): exact stdout."""
+    import subprocess
+    import tempfile
+    exe = os.path.join(os.path.dirname(sys.executable), "sacrebleu")
+    j = "\n".join
+    files = {
+        "ref.txt": j(texts["pert_wmt_ref"]) + "\n",
+        "hyp.txt": "\ufeff" + j(texts["pert_wmt_hyp"]) + "\n",
+        "hyp2.txt": j(texts["pert_wmt_hyp2"]),  # no final newline
+        "crlf.txt": "\r\n".join(x + "  " for x in texts["pert_wmt_hyp"]) + "\r\n",
+        "tabref.txt": j(a.replace("\t", " ") + "\t" + (b.replace("\t", " ") or "-")
+                        # a line ending in an empty field would lose its tab to rstrip()
+                        for a, b in zip(texts["pert_wmt_ref"], texts["pert_wmt_hyp2"])) + "\n",
+        "ref2.txt": j(texts["pert_wmt_hyp2"]) + "\n",
+        "zh_ref.txt": j(texts["zh_ref"]) + "\n",
+        "zh_hyp.txt": j(texts["zh_hyp"]) + "\n",
+    }
+    runs = [
+        ["ref.txt", "-i", "hyp.txt", "-f", "text"],
+        ["ref.txt", "-i", "hyp.txt", "-f", "json"],
+        ["ref.txt", "-i", "hyp.txt", "-m", "bleu", "chrf", "-f", "text", "-w", "3"],
+        ["ref.txt", "-i", "hyp.txt", "-m", "chrf", "bleu", "-f", "json"],
+        ["ref.txt", "-i", "hyp.txt", "-m", "chrf", "--chrf-word-order", "2", "-f", "text", "--short"],
+        ["ref.txt", "-i", "crlf.txt", "-f", "text", "-w", "4", "-lc", "-tok", "intl"],
+        ["ref.txt", "-i", "hyp2.txt", "-b", "-w", "4", "-s", "add-k", "-sv", "2"],
+        ["ref.txt", "-i", "hyp2.txt", "-b", "-f", "json"],
+        ["ref.txt", "ref2.txt", "-i", "hyp.txt", "-f", "text", "-s", "floor"],
+        ["tabref.txt", "-nr", "2", "-i", "hyp.txt", "-f", "text", "-s", "floor", "-sv", "0.25"],
+        ["ref.txt", "-i", "hyp.txt", "-sl", "-f", "text"],
+        ["ref.txt", "-i", "hyp.txt", "-sl", "-m", "chrf", "-b", "-w", "3"],
+        ["ref.txt", "-i", "hyp.txt", "hyp2.txt", "crlf.txt", "-f", "text"],
+        ["ref.txt", "-i", "hyp.txt", "hyp2.txt", "-m", "bleu", "chrf", "-f", "json", "-w", "2"],
+        ["zh_ref.txt", "-i", "zh_hyp.txt", "-tok", "zh", "-f", "text"],
+        ["zh_ref.txt", "-i", "zh_hyp.txt", "-tok", "char", "-m", "bleu", "chrf", "--chrf-whitespace", "-f", "text"],
+    ]
+    out = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, content in files.items():
+            with open(os.path.join(d, name), "w", encoding="utf-8", newline="") as f:
+                f.write(content)
+        env = dict(os.environ, NO_COLOR="1")
+        env.pop("SACREBLEU_FORMAT", None)
+        for args in runs:
+            r = subprocess.run([exe, *args, "-q"], cwd=d, env=env, capture_output=True, text=True, check=True)
+            out.append(dict(args=args, stdout=r.stdout))
+        # Standard input: universal newlines, tab-separated systems.
+        one = "\r\n".join(x.replace("\t", " ") + " " for x in texts["pert_wmt_hyp"]) + "\r\n"
+        two = j(a.replace("\t", " ") + "\t" + (b.replace("\t", " ") or "-")
+                for a, b in zip(texts["pert_wmt_hyp"], texts["pert_wmt_hyp2"])) + "\n"
+        for stdin_run, text in ((["ref.txt", "-f", "text", "-w", "3"], one), (["ref.txt", "-f", "text"], two),
+                                (["ref.txt", "-f", "json", "-m", "chrf"], two)):
+            r = subprocess.run([exe, *stdin_run, "-q"], cwd=d, env=env, capture_output=True, text=True, check=True,
+                               input=text)
+            out.append(dict(args=stdin_run, stdin=text, stdout=r.stdout))
+    return dict(files=files, runs=out)
+
+
 def main():
     if not os.path.isdir(DATA):
         sys.exit(f"{DATA} not found: the generator reads the shared corpora")
@@ -280,7 +338,7 @@ def main():
     sig.update(hyp_a="pert_wmt_hyp", hyp_b="pert_wmt_hyp2", refs=["pert_wmt_ref"])
 
     out = dict(sacrebleu=sacrebleu.__version__, generator="scripts/make_bleu_cases.py", texts=texts,
-               bleu=bleu, bleu_sentence=sent, chrf=chrf, tokenize=tok, significance=sig)
+               bleu=bleu, bleu_sentence=sent, chrf=chrf, tokenize=tok, significance=sig, cli=cli_cases(texts))
     with open(OUT, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, separators=(",", ":"))
         f.write("\n")

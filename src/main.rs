@@ -21,7 +21,7 @@ enum Command {
     /// Score source/target pairs: log-probability of each target under the model (force decoding).
     Score(cmd::score::Args),
     /// Corpus BLEU and chrF, identical to sacreBLEU, with paired significance tests.
-    Bleu(cmd::bleu::Args),
+    Bleu(Box<cmd::bleu::Args>),
     /// Average the parameters of the last N checkpoints of a run.
     Average(cmd::average::Args),
     /// Load a model (hub id, HF directory, pytorch_model.bin) and save it as config.json + model.safetensors.
@@ -29,12 +29,12 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cmd::bleu::sacrebleu_aliases(std::env::args_os()));
     let result = match cli.command {
         Command::Train(a) => cmd::train::run(a),
         Command::Translate(a) => cmd::translate::run(a),
         Command::Score(a) => cmd::score::run(a),
-        Command::Bleu(a) => cmd::bleu::run(a),
+        Command::Bleu(a) => cmd::bleu::run(*a),
         Command::Average(a) => cmd::average::run(a),
         Command::Convert(a) => cmd::convert::run(a),
     };

@@ -6,9 +6,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::metric::{check_hyps, check_refs, Metric, Report, SegmentStats, Signature};
-use crate::ngram::{
-    bits_for, clipped, max_merge_into, pack128, pack64, packing, runs_into, windows, Packing,
-};
+use crate::ngram::{bits_for, ngram_matches, windows};
 use crate::text::{py_lower, py_rstrip, py_split};
 use crate::{Error, Tokenizer};
 
@@ -378,7 +376,9 @@ fn closest_ref_len(hyp_len: u64, ref_lens: impl Iterator<Item = u64>) -> u64 {
 /// Fills `row = [hyp_len, ref_len, correct.., total..]` for one segment of tokenized text.
 fn segment_stats(hyp: &str, refs: &[String], max_n: usize, ids: &mut Vec<u32>, row: &mut [u64]) {
     // Token ids local to the segment keep n-gram keys small and exact.
-    let mut vocab: FxHashMap<&str, u32> = FxHashMap::default();
+    let bytes = hyp.len() + refs.iter().map(String::len).sum::<usize>();
+    let mut vocab: FxHashMap<&str, u32> =
+        FxHashMap::with_capacity_and_hasher(bytes / 4 + 8, Default::default());
     ids.clear();
     let mut bounds = Vec::with_capacity(refs.len() + 2);
     bounds.push(0usize);
@@ -394,61 +394,17 @@ fn segment_stats(hyp: &str, refs: &[String], max_n: usize, ids: &mut Vec<u32>, r
     row[0] = hyp_ids.len() as u64;
     row[1] = closest_ref_len(hyp_ids.len() as u64, ref_ids.iter().map(|r| r.len() as u64));
     let (correct, total) = row[2..].split_at_mut(max_n);
-    match packing(max_n, bits_for(vocab.len())) {
-        Packing::U64(b) => counts(
-            hyp_ids,
-            &ref_ids,
-            max_n,
-            &|w: &[u32]| pack64(w, b),
-            correct,
-            total,
-        ),
-        Packing::U128(b) => counts(
-            hyp_ids,
-            &ref_ids,
-            max_n,
-            &|w: &[u32]| pack128(w, b),
-            correct,
-            total,
-        ),
-        Packing::Slice => counts(
-            hyp_ids,
-            &ref_ids,
-            max_n,
-            &|w: &[u32]| w.to_vec(),
-            correct,
-            total,
-        ),
-    }
-}
-
-fn counts<K: Ord + Clone>(
-    hyp: &[u32],
-    refs: &[&[u32]],
-    max_n: usize,
-    key: &impl Fn(&[u32]) -> K,
-    correct: &mut [u64],
-    total: &mut [u64],
-) {
-    let (mut keys, mut h, mut r, mut acc, mut tmp) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut per_ref, mut merged) = (Vec::new(), Vec::new());
+    ngram_matches(
+        hyp_ids,
+        &ref_ids,
+        max_n,
+        bits_for(vocab.len()),
+        &mut per_ref,
+        Some(&mut merged),
+    );
     for n in 1..=max_n {
-        total[n - 1] = windows(hyp.len(), n);
-        if total[n - 1] == 0 {
-            correct[n - 1] = 0;
-            continue;
-        }
-        runs_into(hyp, n, key, &mut keys, &mut h);
-        acc.clear();
-        for (k, rf) in refs.iter().enumerate() {
-            runs_into(rf, n, key, &mut keys, &mut r);
-            if k == 0 {
-                std::mem::swap(&mut acc, &mut r);
-            } else {
-                max_merge_into(&acc, &r, &mut tmp);
-                std::mem::swap(&mut acc, &mut tmp);
-            }
-        }
-        correct[n - 1] = clipped(&h, &acc);
+        total[n - 1] = windows(hyp_ids.len(), n);
+        correct[n - 1] = merged[n - 1];
     }
 }

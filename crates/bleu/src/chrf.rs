@@ -4,7 +4,7 @@ use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
 use crate::metric::{check_hyps, check_refs, Metric, Report, SegmentStats, Signature};
-use crate::ngram::{bits_for, clipped, pack128, pack64, packing, runs_into, windows, Packing};
+use crate::ngram::{bits_for, ngram_matches, windows};
 use crate::text::{is_py_space, py_lower, py_split};
 use crate::Error;
 
@@ -196,64 +196,62 @@ fn word_ids<'a>(
         .collect()
 }
 
-fn char_ids(s: &str, whitespace: bool, out: &mut Vec<u32>) {
-    out.clear();
-    out.extend(
-        s.chars()
-            .filter(|&c| whitespace || !is_py_space(c))
-            .map(|c| c as u32),
-    );
-}
-
-/// Per reference, `[hyp, ref, match]` for orders `1..=orders` of one channel (characters or words).
-fn channel<K: Ord + Clone>(
-    hyp: &[u32],
-    refs: &[&[u32]],
-    orders: usize,
-    key: &impl Fn(&[u32]) -> K,
-    out: &mut [Vec<u64>],
-) {
-    let (mut keys, mut h, mut r) = (Vec::new(), Vec::new(), Vec::new());
+/// Appends, per reference, `[hyp, ref, match]` for orders `1..=orders` of one channel (characters or
+/// words) to `out[r]`. sacreBLEU counts no hypothesis n-grams when the reference has none of an order.
+fn channel(hyp: &[u32], refs: &[&[u32]], orders: usize, bits: u32, out: &mut [Vec<u64>]) {
+    let mut per_ref = Vec::new();
+    ngram_matches(hyp, refs, orders, bits, &mut per_ref, None);
     for n in 1..=orders {
-        runs_into(hyp, n, key, &mut keys, &mut h);
         let hyp_total = windows(hyp.len(), n);
-        for (rf, o) in refs.iter().zip(out.iter_mut()) {
-            runs_into(rf, n, key, &mut keys, &mut r);
+        for (r, (rf, o)) in refs.iter().zip(out.iter_mut()).enumerate() {
             let ref_total = windows(rf.len(), n);
-            // sacreBLEU counts no hypothesis n-grams when the reference has none of this order.
             o.extend_from_slice(&[
-                if r.is_empty() { 0 } else { hyp_total },
+                if ref_total == 0 { 0 } else { hyp_total },
                 ref_total,
-                clipped(&h, &r),
+                per_ref[(n - 1) * refs.len() + r],
             ]);
         }
     }
 }
 
-fn channel_dispatch(hyp: &[u32], refs: &[&[u32]], orders: usize, bits: u32, out: &mut [Vec<u64>]) {
-    match packing(orders, bits) {
-        Packing::U64(b) => channel(hyp, refs, orders, &|w: &[u32]| pack64(w, b), out),
-        Packing::U128(b) => channel(hyp, refs, orders, &|w: &[u32]| pack128(w, b), out),
-        Packing::Slice => channel(hyp, refs, orders, &|w: &[u32]| w.to_vec(), out),
-    }
+/// Characters as per-segment ids (dense ids keep n-gram keys in one machine word).
+fn intern_chars(texts: &[&str], whitespace: bool) -> (Vec<Vec<u32>>, u32) {
+    let mut ascii = [u32::MAX; 128];
+    let mut other: FxHashMap<char, u32> = FxHashMap::default();
+    let mut next = 0u32;
+    let seqs = texts
+        .iter()
+        .map(|t| {
+            t.chars()
+                .filter(|&c| whitespace || !is_py_space(c))
+                .map(|c| {
+                    let slot = if c.is_ascii() {
+                        &mut ascii[c as usize]
+                    } else {
+                        other.entry(c).or_insert(u32::MAX)
+                    };
+                    if *slot == u32::MAX {
+                        *slot = next;
+                        next += 1;
+                    }
+                    *slot
+                })
+                .collect()
+        })
+        .collect();
+    (seqs, bits_for(next as usize))
 }
 
 impl Chrf {
     fn segment(&self, hyp: &str, refs: &[String], row: &mut [u64]) {
         let c = &self.config;
-        let mut hyp_chars = Vec::new();
-        char_ids(hyp, c.whitespace, &mut hyp_chars);
-        let ref_chars: Vec<Vec<u32>> = refs
-            .iter()
-            .map(|r| {
-                let mut v = Vec::new();
-                char_ids(r, c.whitespace, &mut v);
-                v
-            })
+        let texts: Vec<&str> = std::iter::once(hyp)
+            .chain(refs.iter().map(String::as_str))
             .collect();
-        let ref_slices: Vec<&[u32]> = ref_chars.iter().map(|v| v.as_slice()).collect();
+        let (chars, bits) = intern_chars(&texts, c.whitespace);
+        let ref_slices: Vec<&[u32]> = chars[1..].iter().map(|v| v.as_slice()).collect();
         let mut per_ref: Vec<Vec<u64>> = vec![Vec::with_capacity(3 * c.order()); refs.len()];
-        channel_dispatch(&hyp_chars, &ref_slices, c.char_order, 21, &mut per_ref);
+        channel(&chars[0], &ref_slices, c.char_order, bits, &mut per_ref);
         if c.word_order > 0 {
             let mut vocab: FxHashMap<&str, u32> = FxHashMap::default();
             let mut words = Vec::new();
@@ -264,7 +262,7 @@ impl Chrf {
                 .collect();
             let bits = bits_for(vocab.len());
             let ref_ws: Vec<&[u32]> = ref_w.iter().map(|v| v.as_slice()).collect();
-            channel_dispatch(&hyp_w, &ref_ws, c.word_order, bits, &mut per_ref);
+            channel(&hyp_w, &ref_ws, c.word_order, bits, &mut per_ref);
         }
         let mut best = -1.0;
         for stats in &per_ref {

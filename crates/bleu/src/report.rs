@@ -4,7 +4,85 @@ use serde_json::Value;
 
 use crate::metric::Report;
 
-/// Writes `v` as Python's `json.dumps(v, indent=indent, ensure_ascii=ensure_ascii)` does.
+/// A JSON object that keeps its keys in insertion order, as Python's dicts do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Object(pub Vec<(String, Node)>);
+
+/// A value inside an [`Object`]: plain JSON, or a nested ordered object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// Any JSON value (objects inside it print in `serde_json::Map` order).
+    Value(Value),
+    /// A nested ordered object.
+    Object(Object),
+}
+
+impl Object {
+    /// Appends or replaces `key`.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<Value>) {
+        self.set(key.into(), Node::Value(value.into()));
+    }
+
+    /// Appends or replaces `key` with a nested ordered object.
+    pub fn insert_object(&mut self, key: impl Into<String>, value: Object) {
+        self.set(key.into(), Node::Object(value));
+    }
+
+    fn set(&mut self, key: String, node: Node) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = node,
+            None => self.0.push((key, node)),
+        }
+    }
+}
+
+/// Writes a list of ordered objects as `json.dumps(list, indent=indent, ensure_ascii=...)`.
+pub fn python_json_objects(list: &[Object], indent: usize, ensure_ascii: bool) -> String {
+    let items: Vec<String> = list
+        .iter()
+        .map(|o| {
+            let body = python_json_object(o, indent, ensure_ascii);
+            // Re-indent the object one level deeper inside the list.
+            body.replace('\n', &format!("\n{}", " ".repeat(indent)))
+        })
+        .collect();
+    if items.is_empty() {
+        return "[]".into();
+    }
+    let pad = " ".repeat(indent);
+    format!("[\n{pad}{}\n]", items.join(&format!(",\n{pad}")))
+}
+
+/// Writes one ordered object as `json.dumps(obj, indent=indent, ensure_ascii=...)`.
+pub fn python_json_object(o: &Object, indent: usize, ensure_ascii: bool) -> String {
+    let mut out = String::new();
+    write_object(o, indent, ensure_ascii, 0, &mut out);
+    out
+}
+
+fn write_object(o: &Object, indent: usize, ea: bool, depth: usize, out: &mut String) {
+    if o.0.is_empty() {
+        out.push_str("{}");
+        return;
+    }
+    out.push('{');
+    for (i, (k, v)) in o.0.iter().enumerate() {
+        out.push_str(if i > 0 { ",\n" } else { "\n" });
+        out.push_str(&" ".repeat(indent * (depth + 1)));
+        write_str(k, ea, out);
+        out.push_str(": ");
+        match v {
+            Node::Value(v) => write_json(v, indent, ea, depth + 1, out),
+            Node::Object(o) => write_object(o, indent, ea, depth + 1, out),
+        }
+    }
+    out.push('\n');
+    out.push_str(&" ".repeat(indent * depth));
+    out.push('}');
+}
+
+/// Writes `v` as Python's `json.dumps(v, indent=indent, ensure_ascii=ensure_ascii)` does
+/// (objects in key order of `serde_json::Map`; use [`Object`] where order matters).
 pub fn python_json(v: &Value, indent: usize, ensure_ascii: bool) -> String {
     let mut out = String::new();
     write_json(v, indent, ensure_ascii, 0, &mut out);
@@ -119,28 +197,19 @@ pub fn format_score(
     json: bool,
     conf: Option<Confidence>,
 ) -> String {
-    let mut d = serde_json::Map::new();
-    d.insert("name".into(), r.name.clone().into());
+    let mut d = Object::default();
+    d.insert("name", r.name.clone());
     let sc_str = format!("{:.width$}", r.score);
-    d.insert(
-        "score".into(),
-        sc_str.parse::<f64>().unwrap_or(r.score).into(),
-    );
-    d.insert("signature".into(), signature.into());
+    d.insert("score", sc_str.parse::<f64>().unwrap_or(r.score));
+    d.insert("signature", signature);
     let mut sc = sc_str.clone();
     if let Some(c) = conf.filter(|c| c.mean > 0.0) {
         let (m, v) = (format!("{:.width$}", c.mean), format!("{:.width$}", c.ci));
         let conf_str = format!("μ = {m} ± {v}");
         sc.push_str(&format!(" ({conf_str})"));
-        d.insert(
-            "confidence_mean".into(),
-            m.parse::<f64>().unwrap_or(c.mean).into(),
-        );
-        d.insert(
-            "confidence_var".into(),
-            v.parse::<f64>().unwrap_or(c.ci).into(),
-        );
-        d.insert("confidence".into(), conf_str.into());
+        d.insert("confidence_mean", m.parse::<f64>().unwrap_or(c.mean));
+        d.insert("confidence_var", v.parse::<f64>().unwrap_or(c.ci));
+        d.insert("confidence", conf_str);
     }
     let mut full = if signature.is_empty() {
         r.name.clone()
@@ -151,7 +220,7 @@ pub fn format_score(
     if let Some(v) = r.verbose.as_ref().filter(|v| !v.is_empty()) {
         full.push(' ');
         full.push_str(v);
-        d.insert("verbose_score".into(), v.clone().into());
+        d.insert("verbose_score", v.clone());
     }
     if score_only {
         return sc;
@@ -159,13 +228,13 @@ pub fn format_score(
     if json {
         for param in signature.split('|') {
             if let Some((k, v)) = param.split_once(':') {
-                d.insert(k.into(), v.into());
+                d.insert(k, v);
             }
         }
         for (k, v) in &r.details {
-            d.insert((*k).into(), v.clone());
+            d.insert(*k, v.clone());
         }
-        return python_json(&Value::Object(d), 1, false);
+        return python_json_object(&d, 1, false);
     }
     full
 }

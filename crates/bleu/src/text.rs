@@ -29,8 +29,67 @@ pub fn py_strip(s: &str) -> &str {
 }
 
 /// Python's `s.split()`: maximal runs of non-whitespace.
-pub fn py_split(s: &str) -> impl Iterator<Item = &str> {
-    s.split(is_py_space).filter(|t| !t.is_empty())
+pub fn py_split(s: &str) -> PySplit<'_> {
+    PySplit { s, pos: 0 }
+}
+
+/// Iterator returned by [`py_split`]; scans bytes, recognising the multi-byte whitespace characters
+/// by their UTF-8 encodings, so no character is decoded.
+pub struct PySplit<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+/// Length of the Python whitespace character starting at byte `i`, or 0.
+#[inline]
+fn space_len(b: &[u8], i: usize) -> usize {
+    let c = b[i];
+    if c < 0x80 {
+        return usize::from(matches!(c, b'\t'..=b'\r' | 0x1c..=0x20));
+    }
+    let at = |k: usize| b.get(i + k).copied().unwrap_or(0);
+    match c {
+        // U+0085, U+00A0
+        0xC2 if matches!(at(1), 0x85 | 0xA0) => 2,
+        // U+1680
+        0xE1 if at(1) == 0x9A && at(2) == 0x80 => 3,
+        // U+2000..=U+200A, U+2028, U+2029, U+202F, U+205F
+        0xE2 if (at(1) == 0x80 && matches!(at(2), 0x80..=0x8A | 0xA8 | 0xA9 | 0xAF))
+            || (at(1) == 0x81 && at(2) == 0x9F) =>
+        {
+            3
+        }
+        // U+3000
+        0xE3 if at(1) == 0x80 && at(2) == 0x80 => 3,
+        _ => 0,
+    }
+}
+
+impl<'a> Iterator for PySplit<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let b = self.s.as_bytes();
+        let mut i = self.pos;
+        loop {
+            if i >= b.len() {
+                self.pos = i;
+                return None;
+            }
+            match space_len(b, i) {
+                0 => break,
+                n => i += n,
+            }
+        }
+        let start = i;
+        while i < b.len() && space_len(b, i) == 0 {
+            i += 1;
+        }
+        self.pos = i;
+        // Token bounds sit at the start of a whitespace character or the end: char boundaries.
+        self.s.get(start..i)
+    }
 }
 
 /// Python's `s.lower()` (full Unicode mapping, final sigma included), borrowing when nothing changes.
@@ -170,6 +229,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("f.txt") && e.contains(":2"), "{e}");
+    }
+
+    #[test]
+    fn byte_splitter_agrees_with_char_classification() {
+        for cp in (0u32..0x3100).chain([0xfeff, 0x1_0000]) {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let s = format!("a{c}b");
+            let n = py_split(&s).count();
+            assert_eq!(n == 2, is_py_space(c), "U+{cp:04X}");
+        }
     }
 
     #[test]

@@ -43,12 +43,14 @@ impl Tokenizer {
         match self {
             Tokenizer::Thirteen => tokenize_13a(line, out),
             Tokenizer::Intl => tokenize_intl(line, out),
-            Tokenizer::Char => join_tokens(
-                line.chars()
-                    .filter(|c| !crate::text::is_py_space(*c))
-                    .map(CharStr),
-                out,
-            ),
+            Tokenizer::Char => {
+                for c in line.chars().filter(|c| !crate::text::is_py_space(*c)) {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push(c);
+                }
+            }
             Tokenizer::Zh => tokenize_zh(line, out),
             Tokenizer::None => out.push_str(line),
         }
@@ -79,25 +81,6 @@ impl FromStr for Tokenizer {
             "none" => Tokenizer::None,
             _ => return Err(Error::UnknownTokenizer(s.to_owned())),
         })
-    }
-}
-
-struct CharStr(char);
-
-fn join_tokens<T: fmt::Display>(tokens: impl Iterator<Item = T>, out: &mut String) {
-    use fmt::Write;
-    for (i, t) in tokens.enumerate() {
-        if i > 0 {
-            out.push(' ');
-        }
-        let _ = write!(out, "{t}");
-    }
-}
-
-impl fmt::Display for CharStr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use fmt::Write;
-        f.write_char(self.0)
     }
 }
 
@@ -137,57 +120,86 @@ fn is_13a_sep(b: u8) -> bool {
 /// then whitespace normalisation.
 ///
 /// Every pattern is ASCII, so each pass runs over bytes, reproducing the regex engine's left-to-right,
-/// non-overlapping matching; a pattern's `[^0-9]` may meet a byte of a multi-byte character, which
-/// inserts the space at the same character boundary as matching the whole character would.
+/// non-overlapping matching (a match consumes its two characters; the next search starts after them).
+/// A pattern's `[^0-9]` may meet a byte of a multi-byte character, which inserts the space at the same
+/// character boundary as matching the whole character would. Passes 2-4 only look at the rare `.`, `,`
+/// and `-` and copy everything in between in bulk.
 fn post_tokenize(mut a: Vec<u8>, out: &mut String) {
     let mut b: Vec<u8> = Vec::with_capacity(a.len() * 2);
     // (1) `([\{-\~\[-\` -\&\(-\+\:-\@\/])` -> ` \1 `
-    for &c in &a {
+    let mut copied = 0;
+    for (i, &c) in a.iter().enumerate() {
         if is_13a_sep(c) {
+            b.extend_from_slice(&a[copied..i]);
             b.extend_from_slice(&[b' ', c, b' ']);
-        } else {
-            b.push(c);
+            copied = i + 1;
         }
     }
+    b.extend_from_slice(&a[copied..]);
     // (2) `([^0-9])([\.,])` -> `\1 \2 `
     a.clear();
-    let mut i = 0;
-    while i < b.len() {
-        if i + 1 < b.len() && !b[i].is_ascii_digit() && matches!(b[i + 1], b'.' | b',') {
-            a.extend_from_slice(&[b[i], b' ', b[i + 1], b' ']);
-            i += 2;
-        } else {
-            a.push(b[i]);
-            i += 1;
+    let (mut copied, mut last_end) = (0, 0);
+    for j in memchr2_iter(b'.', b',', &b) {
+        if j > last_end && !b[j - 1].is_ascii_digit() {
+            a.extend_from_slice(&b[copied..j]);
+            a.extend_from_slice(&[b' ', b[j], b' ']);
+            copied = j + 1;
+            last_end = j + 1;
         }
     }
+    a.extend_from_slice(&b[copied..]);
     // (3) `([\.,])([^0-9])` -> ` \1 \2`
     b.clear();
-    let mut i = 0;
-    while i < a.len() {
-        if i + 1 < a.len() && matches!(a[i], b'.' | b',') && !a[i + 1].is_ascii_digit() {
-            b.extend_from_slice(&[b' ', a[i], b' ', a[i + 1]]);
-            i += 2;
-        } else {
-            b.push(a[i]);
-            i += 1;
+    let (mut copied, mut last_end) = (0, 0);
+    for j in memchr2_iter(b'.', b',', &a) {
+        if j >= last_end && j + 1 < a.len() && !a[j + 1].is_ascii_digit() {
+            b.extend_from_slice(&a[copied..j]);
+            b.extend_from_slice(&[b' ', a[j], b' ', a[j + 1]]);
+            copied = j + 2;
+            last_end = j + 2;
         }
     }
+    b.extend_from_slice(&a[copied..]);
     // (4) `([0-9])(-)` -> `\1 \2 `
     a.clear();
-    let mut i = 0;
-    while i < b.len() {
-        if i + 1 < b.len() && b[i].is_ascii_digit() && b[i + 1] == b'-' {
-            a.extend_from_slice(&[b[i], b' ', b'-', b' ']);
-            i += 2;
-        } else {
-            a.push(b[i]);
-            i += 1;
+    let mut copied = 0;
+    for j in b
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c == b'-')
+        .map(|(j, _)| j)
+    {
+        // A digit before `-` can never have been consumed by the previous match (which ends in `-`).
+        if j >= 1 && j > copied && b[j - 1].is_ascii_digit() {
+            a.extend_from_slice(&b[copied..j]);
+            a.extend_from_slice(b" - ");
+            copied = j + 1;
         }
     }
+    a.extend_from_slice(&b[copied..]);
     // Spaces were only inserted at character boundaries, so the bytes are still UTF-8.
-    let s = String::from_utf8_lossy(&a);
-    join_tokens(py_split(&s), out);
+    match std::str::from_utf8(&a) {
+        Ok(s) => join_strs(py_split(s), out),
+        Err(_) => join_strs(py_split(&String::from_utf8_lossy(&a)), out),
+    }
+}
+
+/// Positions of `x` or `y` in `hay`, in order.
+fn memchr2_iter(x: u8, y: u8, hay: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    hay.iter()
+        .enumerate()
+        .filter(move |(_, &c)| c == x || c == y)
+        .map(|(i, _)| i)
+}
+
+/// Tokens joined by single spaces.
+fn join_strs<'a>(tokens: impl Iterator<Item = &'a str>, out: &mut String) {
+    for (i, t) in tokens.enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(t);
+    }
 }
 
 fn intl_regexes() -> &'static [(Regex, &'static str); 3] {
@@ -213,7 +225,7 @@ fn tokenize_intl(line: &str, out: &mut String) {
             s = std::borrow::Cow::Owned(o);
         }
     }
-    join_tokens(py_split(&s), out);
+    join_strs(py_split(&s), out);
 }
 
 /// sacreBLEU's `_UCODE_RANGES` for `zh`, compared as Python strings. Two ranges are written there with
