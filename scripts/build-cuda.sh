@@ -2,7 +2,7 @@
 # Builds rdrop with the `cuda` feature on a machine that has neither a GPU nor a CUDA toolkit.
 #
 #   scripts/build-cuda.sh            # -> dist/rdrop-cuda (stripped release binary)
-#   scripts/build-cuda.sh --tests    # also -> dist/cuda-tests.tar.xz (test binaries for scripts/gpu-check.sh)
+#   scripts/build-cuda.sh --tests    # also -> dist/gpu/cuda-tests.tar.xz (test binaries for scripts/gpu-check.sh)
 #
 # How: CUDA 13.0 comes from NVIDIA's PyPI wheels (pinned below), unpacked with pip into a cache folder
 # that git ignores; a CUDA_HOME is assembled from them; the driver library, which only ships with a GPU,
@@ -66,7 +66,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "${wheels[*]}" ]; then
   say "unpacking ${#wheels[@]} CUDA wheels into $site"
   rm -rf "$site"
   mkdir -p "$site"
-  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --no-compile \
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
     --only-binary=:all: --target "$site" "${wheels[@]}"
   echo "${wheels[*]}" >"$stamp"
 fi
@@ -134,17 +134,23 @@ for line in sys.stdin:
         name = pkg.replace("/", "_") + "--" + m["target"]["kind"][0] + "--" + m["target"]["name"]
         print(name, pkg, m["executable"])
 ' "$repo" >"$list"
-  rm -rf "$dist/cuda-tests"
-  mkdir -p "$dist/cuda-tests"
-  # MANIFEST: "<binary> <package dir>": cargo runs a test binary from its package dir, and so does gpu-check.sh.
+  # Unpacked only in a temporary dir: what stays is the archive, in dist/gpu/ (what the GPU check carries).
+  stage=$(mktemp -d)
+  mkdir -p "$stage/cuda-tests" "$dist/gpu"
+  # MANIFEST: "<binary> <package dir>": cargo runs a test binary from its package dir, and so does
+  # gpu-check.sh; "#root" is where they were built (their fixtures' paths are compiled in).
+  echo "#root $repo" >"$stage/cuda-tests/MANIFEST"
   while read -r name pkg exe; do
-    strip -o "$dist/cuda-tests/$name" "$exe"
-    echo "$name $pkg" >>"$dist/cuda-tests/MANIFEST"
+    strip -o "$stage/cuda-tests/$name" "$exe"
+    echo "$name $pkg" >>"$stage/cuda-tests/MANIFEST"
   done <"$list"
+  ntests=$(wc -l <"$list")
   rm -f "$list"
-  cp "$dist/rdrop-cuda" "$dist/cuda-tests/rdrop"
-  tar -C "$dist" -cf - cuda-tests | xz -T1 --lzma2=preset=6,dict=192MiB >"$dist/cuda-tests.tar.xz"
-  say "test binaries: $(wc -l <"$dist/cuda-tests/MANIFEST") -> $dist/cuda-tests.tar.xz ($(du -h "$dist/cuda-tests.tar.xz" | cut -f1))"
+  cp "$dist/rdrop-cuda" "$stage/cuda-tests/rdrop"
+  say "compressing $(du -sh "$stage/cuda-tests" | cut -f1) of test binaries"
+  tar -C "$stage" -cf - cuda-tests | xz -T1 --lzma2=preset=6,dict=192MiB >"$dist/gpu/cuda-tests.tar.xz"
+  rm -rf "$stage"
+  say "test binaries: $ntests -> $dist/gpu/cuda-tests.tar.xz ($(du -h "$dist/gpu/cuda-tests.tar.xz" | cut -f1))"
 fi
 
 # --- 5. report --------------------------------------------------------------------------------------

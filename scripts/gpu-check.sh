@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# The CUDA check: one prepared run on a machine with an NVIDIA GPU (written for an H100/H200 with
+# driver 580 = CUDA 13.0, python3 with torch + transformers + sentencepiece, no network), ~5-8 min.
+#
+#   On the build machine (no GPU needed):
+#     scripts/build-cuda.sh --tests      # dist/gpu/cuda-tests.tar.xz: rdrop + the library test binaries
+#     scripts/gpu-check.sh --prepare     # + dist/gpu/peers/ (the PyTorch peer's model maker); prints sizes
+#   On the GPU machine, from the repository root, with dist/gpu/ beside it:
+#     OUT=/some/dir scripts/gpu-check.sh # results: $OUT/gpu-check.json, logs: $OUT/gpu-check.log
+#
+# With the device tool, from a session that has a GPU (dist/ is git-ignored, so dist/gpu must be
+# carried; it must stay under the 64 MiB carry limit together with the tracked tree):
+#     run(command="bash scripts/gpu-check.sh", carry=["dist/gpu"], timeout_s=540)
+#
+# What it runs, each stage under its own time limit, none stopping the others:
+#  1. every test binary of rdrop-seq2seq, rdrop-loss and rdrop-train built with `--features cuda`,
+#     with RDROP_TEST_DEVICE=cuda and RDROP_REQUIRE_CUDA=1 (a CUDA test that would skip fails
+#     instead); tests/cuda.rs of seq2seq compares CPU and CUDA logits (f32, within 1e-3) on the
+#     fixture checkpoints and the gradients of a training loss; rdrop-loss's compares the criteria.
+#  2. training throughput, R-Drop (alpha 5, label smoothing 0.1, AdamW), on an opus-mt-sized Marian
+#     (d_model 512, 8 heads, 6+6 layers, ffn 2048, vocab 58101, random init, made here by
+#     ../shared/peers/make_tiny_marian.py --preset opus): PyTorch + transformers
+#     (scripts/cuda/bench_train_cuda.py) and `rdrop train --device cuda` on the same checkpoint, batches
+#     of 64 sentence pairs of 58-64 tokens (~4096 padded tokens), f32 and bf16. Tokens/s = non-pad
+#     target tokens of the original (undoubled) batch per second; peak GPU memory from torch's
+#     allocator and, for both, from nvidia-smi sampled every 100 ms (minus the idle reading).
+#     rdrop bf16 runs only if the recipe accepts `training.precision = "bf16"`.
+#  3. `rdrop translate --device cuda --token-ids` throughput: 1024 sources of 20 random ids, exactly
+#     32 new tokens each (min = max), greedy and beam 4, whole-process wall time.
+#
+# Op audit (candle 0.11.1, read from its sources): every op the model and criteria use has a CUDA
+# kernel and a backward: matmul (cuBLAS; the backward matmuls transposed views), exp/log/sqrt/silu/
+# gelu/neg/recip/affine/powf, sum/max reductions, broadcast ops, where_cond (backward masks),
+# gather (backward scatter_add), index_select/embedding (backward index_add), cat/narrow/transpose,
+# to_dtype (f32<->bf16), cmp, and dropout masks (elementwise mul). Not differentiable on any device:
+# the fused candle_nn ops (ops::softmax_last_dim, ops::layer_norm and LayerNorm::forward on
+# contiguous input with a bias, ops::rms_norm): training code must build them from basic ops.
+# CUDA-only pitfall: cuBLAS matmul accepts only operands whose last two dims are contiguous or
+# transposed and whose batch dims collapse to one stride (CudaError::MatMulNonContiguous), where the
+# CPU accepts any strides: call .contiguous() on q/k/v after the head transpose.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+dist=$repo/dist
+
+gpu=$dist/gpu
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  [ -f "$gpu/cuda-tests.tar.xz" ] || { echo "no $gpu/cuda-tests.tar.xz: run scripts/build-cuda.sh --tests" >&2; exit 1; }
+  peers=${PEERS:-$repo/../shared/peers}
+  mkdir -p "$gpu/peers"
+  cp "$peers/make_tiny_marian.py" "$gpu/peers/"
+  tracked=$(git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
+  echo "carry: dist/gpu = $(du -sh "$gpu" | cut -f1), tracked tree = $tracked (limit: 64 MiB together)"
+  echo "run:   run(command=\"bash scripts/gpu-check.sh\", carry=[\"dist/gpu\"], timeout_s=540)"
+  exit 0
+fi
+
+W=${GPU_CHECK_WORK:-/tmp/gpu-check}
+OUT=${OUT:-$W/out}
+rm -rf "$W/results" "$W/runs"
+mkdir -p "$W/results" "$W/runs" "$OUT"
+log=$OUT/gpu-check.log
+: >"$log"
+t0=$(date +%s)
+PY=${PYTHON:-python3}
+say() { echo "[gpu-check $(($(date +%s) - t0))s] $*" | tee -a "$log" >&2; }
+result() { printf '%s\n' "$2" >"$W/results/$1.json"; }
+# Runs a stage's command under a time limit, output to the log; never stops the script.
+stage() {
+  local limit=$1
+  shift
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  [ $rc -eq 124 ] && say "  timed out after ${limit}s: $*"
+  return $rc
+}
+
+# --- 0. the machine, and the libraries the binary needs ------------------------------------------------
+say "GPU: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 1)"
+result machine "$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null |
+  head -n 1 | "$PY" -c 'import json,sys; n,d,m=[x.strip() for x in sys.stdin.read().split(",")]; print(json.dumps({"gpu":n,"driver":d,"memory":m}))' 2>/dev/null || echo null)"
+# PyTorch's CUDA 13 wheels hold cuBLAS & co.; the toolkit, when installed, too. Never the build's stub.
+libdirs=$("$PY" - <<'EOF' 2>/dev/null
+import glob, os
+try:
+    import nvidia
+    roots = [os.path.dirname(p) for p in nvidia.__path__] if hasattr(nvidia, "__path__") else []
+except Exception:
+    roots = []
+dirs = []
+for r in roots:
+    dirs += glob.glob(os.path.join(r, "nvidia", "cu13", "lib")) + glob.glob(os.path.join(r, "nvidia", "*", "lib"))
+print(":".join(d for d in dict.fromkeys(dirs) if os.path.isdir(d)))
+EOF
+)
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -d "$d" ] && libdirs=${libdirs:+$libdirs:}$d
+done
+export LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+[ -f "$gpu/cuda-tests.tar.xz" ] || { say "no dist/gpu/cuda-tests.tar.xz: carry dist/gpu (see the header)"; exit 1; }
+rm -rf "$W/cuda-tests"
+xz -dc "$gpu/cuda-tests.tar.xz" | tar -C "$W" -xf -
+bins=$W/cuda-tests
+rdrop=$bins/rdrop
+missing=$(ldd "$rdrop" | grep "not found")
+if [ -n "$missing" ]; then
+  say "rdrop cannot load: $missing (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
+fi
+say "rdrop links: $(ldd "$rdrop" | grep -E 'libcu|libnv' | awk '{print $1 "=" $3}' | tr '\n' ' ')"
+
+# The test binaries look for their fixtures under the directory they were built in (env!
+# CARGO_MANIFEST_DIR): make that path lead here.
+built_root=$(sed -n 's/^#root //p' "$bins/MANIFEST")
+if [ -n "$built_root" ] && [ "$built_root" != "$repo" ] && [ ! -e "$built_root" ]; then
+  mkdir -p "$(dirname "$built_root")" && ln -s "$repo" "$built_root"
+fi
+
+# --- 1. the library tests on CUDA -------------------------------------------------------------------
+say "stage 1: tests"
+tests_json="["
+while read -r name pkg; do
+  case "$name" in "#"* | "") continue ;; esac
+  tlog=$W/runs/test-$name.log
+  (cd "$repo/$pkg" && RDROP_TEST_DEVICE=cuda RDROP_REQUIRE_CUDA=1 RUST_BACKTRACE=1 \
+    timeout --kill-after=10 150 "$bins/$name" --test-threads=4 --nocapture) >"$tlog" 2>&1
+  rc=$?
+  summary_line=$(grep -E "^test result:" "$tlog" | tail -n 1)
+  say "  $name: rc $rc, ${summary_line:-no summary}"
+  if [ $rc -ne 0 ]; then
+    tail -n 60 "$tlog" >>"$log"
+  else
+    grep -E "skipping|\|cuda" "$tlog" | head -n 20 >>"$log"
+  fi
+  tests_json+="{\"binary\":\"$name\",\"rc\":$rc,\"result\":\"${summary_line//\"/}\"},"
+done <"$bins/MANIFEST"
+result tests "${tests_json%,}]"
+
+# --- 2. training throughput -------------------------------------------------------------------------
+say "stage 2: training throughput"
+model=$W/opus
+# PRESET=tiny makes a small model instead: only to try this script out.
+stage 180 "$PY" "$gpu/peers/make_tiny_marian.py" --preset "${PRESET:-opus}" --out "$model" ||
+  say "  could not make the opus-size model"
+B=64 L=64 MINF=0.9 STEPS=30 WARM=5
+smi_peak() { # runs "$@" while sampling GPU memory; prints the peak above idle (MiB) to $W/peak
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$W/smi.log" 2>/dev/null &
+  local smi=$!
+  sleep 0.3
+  "$@"
+  local rc=$?
+  kill "$smi" 2>/dev/null
+  wait "$smi" 2>/dev/null
+  "$PY" scripts/cuda/gpu_check_util.py peak "$W/smi.log" >"$W/peak"
+  return $rc
+}
+if [ -f "$model/config.json" ]; then
+  for prec in f32 bf16; do
+    rm -f "$W/torch.jsonl"
+    smi_peak stage 150 "$PY" scripts/cuda/bench_train_cuda.py --model-dir "$model" --mode rdrop \
+      --precision $prec --batch $B --src-len $L --tgt-len $L --min-frac $MINF --steps $STEPS \
+      --warmup $WARM --json-out "$W/torch.jsonl"
+    if [ -s "$W/torch.jsonl" ]; then
+      result train_torch_$prec "$("$PY" -c 'import json,sys; r=json.loads(open(sys.argv[1]).read()); r["peak_gpu_smi_mib"]=json.loads(open(sys.argv[2]).read()); print(json.dumps(r))' "$W/torch.jsonl" "$W/peak")"
+      say "  torch $prec: $(cut -c1-400 "$W/torch.jsonl")"
+    fi
+  done
+
+  # The same pairs for rdrop, as text: whole-word pieces of the model's vocabulary, so sentence
+  # lengths in tokens match the torch batches (58-64 tokens with </s>).
+  "$PY" scripts/cuda/gpu_check_util.py corpus "$model" "$W/corpus" 4000 $L $MINF 1 2>>"$log"
+  head -n 200 "$W/corpus.src" >"$W/valid.src"
+  head -n 200 "$W/corpus.tgt" >"$W/valid.tgt"
+  updates=$((WARM + STEPS))
+  cat >"$W/bench.toml" <<EOF
+# opus-mt-sized R-Drop fine-tuning step, for throughput only (scripts/gpu-check.sh)
+output_dir = "$W/rdrop-run"
+device = "cuda"
+[model]
+pretrained = "$model"
+[tokenizer]
+kind = "model"
+[data]
+train = { source = "$W/corpus.src", target = "$W/corpus.tgt" }
+valid = { source = "$W/valid.src", target = "$W/valid.tgt" }
+max_len = 128
+[criterion]
+kind = "rdrop"
+alpha = 5.0
+label_smoothing = 0.1
+[optimizer]
+lr = 5e-5
+weight_decay = 0.01
+[schedule]
+kind = "constant"
+warmup_updates = 1
+[batching]
+max_tokens = $((B * L))
+[training]
+max_updates = $updates
+max_epochs = 0
+log_every = $WARM
+[validation]
+every_updates = 0
+every_epoch = false
+bleu = false
+[checkpoint]
+every_updates = 0
+keep_last = 1
+EOF
+  for prec in f32 bf16; do
+    set_prec=()
+    if [ $prec = bf16 ]; then
+      if ! "$rdrop" train "$W/bench.toml" --set 'training.precision="bf16"' --print-recipe >/dev/null 2>&1; then
+        say "  rdrop bf16: the recipe has no training.precision; skipped"
+        result train_rdrop_bf16 '{"skipped":"recipe has no training.precision"}'
+        continue
+      fi
+      set_prec=(--set 'training.precision="bf16"')
+    fi
+    rm -rf "$W/rdrop-run"
+    smi_peak stage 240 "$rdrop" train "$W/bench.toml" --device cuda --quiet "${set_prec[@]}"
+    rc=$?
+    if [ -f "$W/rdrop-run/metrics.jsonl" ]; then
+      r=$("$PY" scripts/cuda/gpu_check_util.py rdrop-train "$W/rdrop-run/metrics.jsonl")
+      result train_rdrop_$prec "$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); r["rc"]=int(sys.argv[3]); r["peak_gpu_smi_mib"]=json.loads(open(sys.argv[2]).read()); print(json.dumps(r))' "$r" "$W/peak" $rc)"
+      say "  rdrop $prec: $r"
+    else
+      say "  rdrop $prec: no metrics (rc $rc); see the log"
+      result train_rdrop_$prec "{\"rc\":$rc}"
+    fi
+  done
+fi
+
+# --- 3. translate throughput ------------------------------------------------------------------------
+say "stage 3: translate throughput"
+if [ -f "$model/config.json" ]; then
+  vocab=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")
+  "$PY" scripts/cuda/gpu_check_util.py ids "$W/src.ids" 1024 20 "$vocab" 7
+  tr_json="["
+  for beam in 1 4; do
+    s=$(date +%s.%N)
+    stage 120 "$rdrop" translate --model "$model" --device cuda --token-ids --input "$W/src.ids" \
+      --output "$W/hyp.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 128 --quiet
+    rc=$?
+    e=$(date +%s.%N)
+    secs=$("$PY" -c "print(round($e - $s, 3))")
+    lines=$(wc -l <"$W/hyp.ids" 2>/dev/null || echo 0)
+    say "  beam $beam: rc $rc, $lines lines in ${secs}s"
+    tr_json+="{\"beam\":$beam,\"rc\":$rc,\"sentences\":$lines,\"new_tokens_each\":32,\"wall_s\":$secs,\"sent_per_s\":$("$PY" -c "print(round($lines / max($secs, 1e-9), 1))")},"
+  done
+  result translate "${tr_json%,}]"
+fi
+
+# --- summary ----------------------------------------------------------------------------------------
+"$PY" scripts/cuda/gpu_check_util.py summary "$W" "$OUT/gpu-check.json" >>"$log" 2>&1
+say "done in $(($(date +%s) - t0)) s: $OUT/gpu-check.json"
+cat "$OUT/gpu-check.json"
