@@ -1,8 +1,30 @@
-//! `rdrop average` (not yet built).
+//! `rdrop average`: average the parameters of the last N checkpoints of a training run.
+
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The run's output_dir (or its checkpoints/ directory).
+    #[arg(long)]
+    pub checkpoints: PathBuf,
+    /// How many of the latest checkpoints to average.
+    #[arg(long, default_value_t = 5)]
+    pub last: usize,
+    /// Output directory (HF format: config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`rdrop average` is not available yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dirs = rdrop_train::average::last_checkpoints(&args.checkpoints, args.last)?;
+    rdrop_train::average::average(&dirs, &args.out)?;
+    println!(
+        "averaged {} checkpoints into {}:",
+        dirs.len(),
+        args.out.display()
+    );
+    for d in &dirs {
+        println!("  {}", d.display());
+    }
+    Ok(())
 }

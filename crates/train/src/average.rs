@@ -9,10 +9,17 @@ use std::path::{Path, PathBuf};
 
 /// The last `n` complete checkpoints of a run (`dir` = the run's output_dir or its `checkpoints/`).
 pub fn last_checkpoints(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
-    let ck = if dir.join("checkpoints").is_dir() { dir.join("checkpoints") } else { dir.to_path_buf() };
+    let ck = if dir.join("checkpoints").is_dir() {
+        dir.join("checkpoints")
+    } else {
+        dir.to_path_buf()
+    };
     let all = checkpoint::list_checkpoints(&ck)?;
     if all.is_empty() {
-        return Err(Error::Other(format!("no checkpoints (update_*/) under {}", ck.display())));
+        return Err(Error::Other(format!(
+            "no checkpoints (update_*/) under {}",
+            ck.display()
+        )));
     }
     if n == 0 || n > all.len() {
         return Err(Error::Other(format!(
@@ -21,7 +28,10 @@ pub fn last_checkpoints(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
             all.len()
         )));
     }
-    Ok(all[all.len() - n..].iter().map(|(_, p)| p.clone()).collect())
+    Ok(all[all.len() - n..]
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect())
 }
 
 /// Averages `model.safetensors` of `dirs` into `out` (with config and tokenizer files of the last).
@@ -33,7 +43,11 @@ pub fn average(dirs: &[PathBuf], out: &Path) -> Result<()> {
         if i > 0 && tensors.len() != sum.len() {
             return Err(Error::Checkpoint {
                 path,
-                message: format!("{} tensors, the first checkpoint has {}", tensors.len(), sum.len()),
+                message: format!(
+                    "{} tensors, the first checkpoint has {}",
+                    tensors.len(),
+                    sum.len()
+                ),
             });
         }
         for (name, t) in tensors {
@@ -44,7 +58,10 @@ pub fn average(dirs: &[PathBuf], out: &Path) -> Result<()> {
                     sum.insert(name, (t64, dt));
                 }
                 None => {
-                    return Err(Error::Checkpoint { path, message: format!("{name} is not in the first checkpoint") })
+                    return Err(Error::Checkpoint {
+                        path,
+                        message: format!("{name} is not in the first checkpoint"),
+                    })
                 }
                 Some((acc, _)) => {
                     if acc.dims() != t64.dims() {
@@ -63,14 +80,34 @@ pub fn average(dirs: &[PathBuf], out: &Path) -> Result<()> {
     for (name, (acc, dt)) in sum {
         avg.insert(name, (acc / n)?.to_dtype(dt)?);
     }
-    let last = dirs.last().ok_or_else(|| Error::Other("no checkpoints to average".into()))?;
+    let last = dirs
+        .last()
+        .ok_or_else(|| Error::Other("no checkpoints to average".into()))?;
     checkpoint::write_atomic(out, |tmp, _| {
-        for entry in std::fs::read_dir(last).map_err(|source| Error::Io { path: last.clone(), source })? {
-            let p = entry.map_err(|source| Error::Io { path: last.clone(), source })?.path();
-            let name = p.file_name().map(|x| x.to_string_lossy().into_owned()).unwrap_or_default();
+        for entry in std::fs::read_dir(last).map_err(|source| Error::Io {
+            path: last.clone(),
+            source,
+        })? {
+            let p = entry
+                .map_err(|source| Error::Io {
+                    path: last.clone(),
+                    source,
+                })?
+                .path();
+            let name = p
+                .file_name()
+                .map(|x| x.to_string_lossy().into_owned())
+                .unwrap_or_default();
             // Optimiser moments and run progress do not belong to an averaged model.
-            if p.is_file() && name != "model.safetensors" && name != checkpoint::OPTIMIZER_FILE && name != checkpoint::STATE_FILE {
-                std::fs::copy(&p, tmp.join(&name)).map_err(|source| Error::Io { path: p.clone(), source })?;
+            if p.is_file()
+                && name != "model.safetensors"
+                && name != checkpoint::OPTIMIZER_FILE
+                && name != checkpoint::STATE_FILE
+            {
+                std::fs::copy(&p, tmp.join(&name)).map_err(|source| Error::Io {
+                    path: p.clone(),
+                    source,
+                })?;
             }
         }
         let dest = tmp.join("model.safetensors");
@@ -91,7 +128,10 @@ mod tests {
             let dir = ck.join(checkpoint::update_dir_name(u));
             std::fs::create_dir_all(&dir).unwrap();
             let mut m = HashMap::new();
-            m.insert("w".to_string(), Tensor::new(&[x, -x], &Device::Cpu).unwrap());
+            m.insert(
+                "w".to_string(),
+                Tensor::new(&[x, -x], &Device::Cpu).unwrap(),
+            );
             candle_core::safetensors::save(&m, dir.join("model.safetensors")).unwrap();
             std::fs::write(dir.join(checkpoint::STATE_FILE), "{}").unwrap();
             std::fs::write(dir.join("config.json"), format!("{{\"u\":{u}}}")).unwrap();
@@ -99,10 +139,17 @@ mod tests {
         let dirs = last_checkpoints(d.path(), 2).unwrap();
         let out = d.path().join("avg");
         average(&dirs, &out).unwrap();
-        let m = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        let m =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
         assert_eq!(m["w"].to_vec1::<f32>().unwrap(), vec![4.0, -4.0]);
-        assert_eq!(std::fs::read_to_string(out.join("config.json")).unwrap(), "{\"u\":3}");
+        assert_eq!(
+            std::fs::read_to_string(out.join("config.json")).unwrap(),
+            "{\"u\":3}"
+        );
         assert!(!out.join(checkpoint::STATE_FILE).exists());
-        assert!(last_checkpoints(d.path(), 4).unwrap_err().to_string().contains("holds 3"));
+        assert!(last_checkpoints(d.path(), 4)
+            .unwrap_err()
+            .to_string()
+            .contains("holds 3"));
     }
 }

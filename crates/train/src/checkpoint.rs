@@ -46,11 +46,16 @@ pub struct TrainerState {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn fsync_path(path: &Path) -> Result<()> {
-    File::open(path).and_then(|f| f.sync_all()).map_err(io(path))
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
 }
 
 static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -74,9 +79,16 @@ where
     F: FnOnce(&Path, u64) -> Result<()>,
 {
     let save_no = SAVES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-    let parent = dest.parent().unwrap_or(Path::new("."));
+    // `Path::new("avg").parent()` is `Some("")`: the current directory.
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -128,8 +140,13 @@ pub fn list_checkpoints(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let p = entry.map_err(io(dir))?.path();
-        let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(n) = name.strip_prefix("update_").and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(n) = name
+            .strip_prefix("update_")
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
             continue;
         };
         if p.join(STATE_FILE).is_file() {
@@ -150,7 +167,10 @@ pub fn prune(dir: &Path, keep: usize) -> Result<()> {
     }
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let p = entry.map_err(io(dir))?.path();
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         // Temporaries of this process were renamed already; any left are from killed runs.
         if name.starts_with(".tmp-") {
             std::fs::remove_dir_all(&p).map_err(io(&p))?;
@@ -163,7 +183,10 @@ pub fn prune(dir: &Path, keep: usize) -> Result<()> {
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    serde_json::from_str(&text).map_err(|e| Error::Checkpoint { path, message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| Error::Checkpoint {
+        path,
+        message: e.to_string(),
+    })
 }
 
 /// Writes a JSON or text file inside a checkpoint being written.
@@ -182,8 +205,15 @@ mod tests {
         let ck = d.path().join("checkpoints");
         for u in [10u64, 20, 30] {
             write_atomic(&ck.join(update_dir_name(u)), |tmp, _| {
-                let st = TrainerState { update: u, ..Default::default() };
-                write_file(tmp, STATE_FILE, serde_json::to_string(&st).unwrap().as_bytes())
+                let st = TrainerState {
+                    update: u,
+                    ..Default::default()
+                };
+                write_file(
+                    tmp,
+                    STATE_FILE,
+                    serde_json::to_string(&st).unwrap().as_bytes(),
+                )
             })
             .unwrap();
         }
@@ -194,7 +224,10 @@ mod tests {
         });
         assert!(err.is_err());
         let all = list_checkpoints(&ck).unwrap();
-        assert_eq!(all.iter().map(|x| x.0).collect::<Vec<_>>(), vec![10, 20, 30]);
+        assert_eq!(
+            all.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![10, 20, 30]
+        );
         prune(&ck, 2).unwrap();
         let all = list_checkpoints(&ck).unwrap();
         assert_eq!(all.iter().map(|x| x.0).collect::<Vec<_>>(), vec![20, 30]);
@@ -203,8 +236,15 @@ mod tests {
         let best = d.path().join("best");
         for u in [1u64, 2] {
             write_atomic(&best, |tmp, _| {
-                let st = TrainerState { update: u, ..Default::default() };
-                write_file(tmp, STATE_FILE, serde_json::to_string(&st).unwrap().as_bytes())
+                let st = TrainerState {
+                    update: u,
+                    ..Default::default()
+                };
+                write_file(
+                    tmp,
+                    STATE_FILE,
+                    serde_json::to_string(&st).unwrap().as_bytes(),
+                )
             })
             .unwrap();
         }

@@ -53,7 +53,10 @@ impl fmt::Display for DataStats {
 }
 
 fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Splits a file into UTF-8 lines (LF, with an optional CR before it); a final newline does not
@@ -111,7 +114,11 @@ pub fn read_split(
                     target_lines: t.len(),
                 });
             }
-            s.into_iter().zip(t).enumerate().map(|(i, (a, b))| (a, b, i + 1)).collect()
+            s.into_iter()
+                .zip(t)
+                .enumerate()
+                .map(|(i, (a, b))| (a, b, i + 1))
+                .collect()
         }
         DataFormat::Tsv => {
             let path = need(&spec.file, "file")?;
@@ -120,15 +127,17 @@ pub fn read_split(
             for (i, line) in read_lines(&path)?.into_iter().enumerate() {
                 let cols: Vec<&str> = line.split('\t').collect();
                 let get = |c: usize| {
-                    cols.get(c).map(|s| s.to_string()).ok_or_else(|| Error::BadLine {
-                        path: path.clone(),
-                        line: i + 1,
-                        message: format!(
-                            "{} tab-separated column(s), need column {} (0-based)",
-                            cols.len(),
-                            sc.max(tc)
-                        ),
-                    })
+                    cols.get(c)
+                        .map(|s| s.to_string())
+                        .ok_or_else(|| Error::BadLine {
+                            path: path.clone(),
+                            line: i + 1,
+                            message: format!(
+                                "{} tab-separated column(s), need column {} (0-based)",
+                                cols.len(),
+                                sc.max(tc)
+                            ),
+                        })
                 };
                 out.push((get(sc)?, get(tc)?, i + 1));
             }
@@ -136,11 +145,23 @@ pub fn read_split(
         }
         DataFormat::Jsonl => {
             let path = need(&spec.file, "file")?;
-            let sf = if data.source_field.is_empty() { &data.source_lang } else { &data.source_field };
-            let tf = if data.target_field.is_empty() { &data.target_lang } else { &data.target_field };
+            let sf = if data.source_field.is_empty() {
+                &data.source_lang
+            } else {
+                &data.source_field
+            };
+            let tf = if data.target_field.is_empty() {
+                &data.target_lang
+            } else {
+                &data.target_field
+            };
             let mut out = Vec::new();
             for (i, line) in read_lines(&path)?.into_iter().enumerate() {
-                let bad = |message: String| Error::BadLine { path: path.clone(), line: i + 1, message };
+                let bad = |message: String| Error::BadLine {
+                    path: path.clone(),
+                    line: i + 1,
+                    message,
+                };
                 if line.trim().is_empty() {
                     out.push((String::new(), String::new(), i + 1));
                     continue;
@@ -159,7 +180,10 @@ pub fn read_split(
             out
         }
     };
-    let mut stats = DataStats { read: pairs.len(), ..Default::default() };
+    let mut stats = DataStats {
+        read: pairs.len(),
+        ..Default::default()
+    };
     let mut kept = Vec::with_capacity(pairs.len());
     for (s, t, line) in pairs {
         let (s, t) = (s.trim(), t.trim());
@@ -167,7 +191,11 @@ pub fn read_split(
             stats.empty += 1;
             continue;
         }
-        kept.push(RawPair { source: s.to_string(), target: t.to_string(), line });
+        kept.push(RawPair {
+            source: s.to_string(),
+            target: t.to_string(),
+            line,
+        });
     }
     stats.kept = kept.len();
     Ok((kept, stats))
@@ -202,7 +230,10 @@ where
             stats.bad_ratio += 1;
             continue;
         }
-        out.push(Example { source: s, target: t });
+        out.push(Example {
+            source: s,
+            target: t,
+        });
     }
     stats.kept = out.len();
     Ok(out)
@@ -218,7 +249,12 @@ fn cost(rows: usize, longest: usize) -> usize {
 /// (little padding), cut at `max_tokens` padded tokens, and the batch order shuffled again. The
 /// plan depends only on (examples, max_tokens, seed, epoch), so a position inside it is all that
 /// resuming needs.
-pub fn epoch_batches(examples: &[Example], max_tokens: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    examples: &[Example],
+    max_tokens: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_da7a);
     rng.set_stream(epoch);
     let mut order: Vec<usize> = (0..examples.len()).collect();
@@ -272,8 +308,18 @@ pub fn make_batch(
     device: &Device,
 ) -> Result<Batch> {
     let b = idx.len();
-    let s = idx.iter().map(|&i| examples[i].source.len()).max().unwrap_or(1).max(1);
-    let t = idx.iter().map(|&i| examples[i].target.len()).max().unwrap_or(1).max(1);
+    let s = idx
+        .iter()
+        .map(|&i| examples[i].source.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let t = idx
+        .iter()
+        .map(|&i| examples[i].target.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let mut src = vec![pad; b * s];
     let mut mask = vec![0u8; b * s];
     let mut tin = vec![pad; b * t];
@@ -287,7 +333,11 @@ pub fn make_batch(
         }
         for (j, &tok) in e.target.iter().enumerate() {
             lab[r * t + j] = tok;
-            tin[r * t + j] = if j == 0 { decoder_start } else { e.target[j - 1] };
+            tin[r * t + j] = if j == 0 {
+                decoder_start
+            } else {
+                e.target[j - 1]
+            };
         }
         ns += e.source.len();
         nt += e.target.len();
@@ -328,7 +378,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (spec, data) = text_spec(d.path(), b"a\nb\nc\n", b"x\ny\n");
         let msg = read_split(&spec, &data, "train").unwrap_err().to_string();
-        assert!(msg.contains("s.de has 3 lines") && msg.contains("t.en has 2"), "{msg}");
+        assert!(
+            msg.contains("s.de has 3 lines") && msg.contains("t.en has 2"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -341,8 +394,14 @@ mod tests {
 
     #[test]
     fn unreadable_file_is_named() {
-        let spec = SplitSection { source: Some("/nonexistent/a.de".into()), target: Some("b".into()), file: None };
-        let msg = read_split(&spec, &Recipe::default().data, "train").unwrap_err().to_string();
+        let spec = SplitSection {
+            source: Some("/nonexistent/a.de".into()),
+            target: Some("b".into()),
+            file: None,
+        };
+        let msg = read_split(&spec, &Recipe::default().data, "train")
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("/nonexistent/a.de"), "{msg}");
     }
 
@@ -353,7 +412,14 @@ mod tests {
         let (pairs, stats) = read_split(&spec, &data, "train").unwrap();
         assert_eq!(stats.read, 4);
         assert_eq!(stats.empty, 3);
-        assert_eq!(pairs, vec![RawPair { source: "a".into(), target: "x".into(), line: 1 }]);
+        assert_eq!(
+            pairs,
+            vec![RawPair {
+                source: "a".into(),
+                target: "x".into(),
+                line: 1
+            }]
+        );
         assert!(stats.to_string().contains("3 empty"));
     }
 
@@ -362,35 +428,62 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut data = Recipe::default().data;
         data.format = DataFormat::Tsv;
-        let spec = SplitSection { file: Some(write(d.path(), "c.tsv", b"ein\tone\nzwei\ttwo\n")), ..Default::default() };
+        let spec = SplitSection {
+            file: Some(write(d.path(), "c.tsv", b"ein\tone\nzwei\ttwo\n")),
+            ..Default::default()
+        };
         let (pairs, _) = read_split(&spec, &data, "train").unwrap();
         assert_eq!(pairs[1].source, "zwei");
         assert_eq!(pairs[1].target, "two");
-        let spec = SplitSection { file: Some(write(d.path(), "bad.tsv", b"ein\tone\nzwei\n")), ..Default::default() };
+        let spec = SplitSection {
+            file: Some(write(d.path(), "bad.tsv", b"ein\tone\nzwei\n")),
+            ..Default::default()
+        };
         let msg = read_split(&spec, &data, "train").unwrap_err().to_string();
         assert!(msg.contains("bad.tsv:2") && msg.contains("column"), "{msg}");
 
         data.format = DataFormat::Jsonl;
         let spec = SplitSection {
-            file: Some(write(d.path(), "c.jsonl", b"{\"de\":\"ein\",\"en\":\"one\"}\n{\"de\":\"zwei\"}\n")),
+            file: Some(write(
+                d.path(),
+                "c.jsonl",
+                b"{\"de\":\"ein\",\"en\":\"one\"}\n{\"de\":\"zwei\"}\n",
+            )),
             ..Default::default()
         };
         let msg = read_split(&spec, &data, "valid").unwrap_err().to_string();
         assert!(msg.contains("c.jsonl:2") && msg.contains("\"en\""), "{msg}");
-        let spec = SplitSection { file: Some(write(d.path(), "j.jsonl", b"{\"de\": 1}\nnot json\n")), ..Default::default() };
+        let spec = SplitSection {
+            file: Some(write(d.path(), "j.jsonl", b"{\"de\": 1}\nnot json\n")),
+            ..Default::default()
+        };
         let msg = read_split(&spec, &data, "valid").unwrap_err().to_string();
         assert!(msg.contains("j.jsonl:1"), "{msg}");
     }
 
     #[test]
     fn filters_count_long_and_ratio() {
-        let pairs: Vec<RawPair> = [("a b", "x y"), ("a b c d e f", "x"), ("a", "x y z w v u t s"), ("a", "x")]
-            .iter()
-            .enumerate()
-            .map(|(i, (s, t))| RawPair { source: s.to_string(), target: t.to_string(), line: i + 1 })
-            .collect();
-        let mut stats = DataStats { read: 4, kept: 4, ..Default::default() };
-        let enc = |s: &str, t: &str| Ok((vec![1; s.split(' ').count()], vec![1; t.split(' ').count()]));
+        let pairs: Vec<RawPair> = [
+            ("a b", "x y"),
+            ("a b c d e f", "x"),
+            ("a", "x y z w v u t s"),
+            ("a", "x"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (s, t))| RawPair {
+            source: s.to_string(),
+            target: t.to_string(),
+            line: i + 1,
+        })
+        .collect();
+        let mut stats = DataStats {
+            read: 4,
+            kept: 4,
+            ..Default::default()
+        };
+        let enc =
+            |s: &str, t: &str| Ok((vec![1; s.split(' ').count()], vec![1; t.split(' ').count()]));
         let ex = tokenize_and_filter(&pairs, &mut stats, 7, 3.0, 0, enc).unwrap();
         assert_eq!(ex.len(), 2);
         assert_eq!((stats.too_long, stats.bad_ratio, stats.kept), (1, 1, 2));
@@ -402,14 +495,21 @@ mod tests {
     #[test]
     fn batches_cover_everything_once_respect_budget_and_are_seeded() {
         let examples: Vec<Example> = (0..200)
-            .map(|i| Example { source: vec![1; 2 + i % 17], target: vec![1; 3 + (i * 7) % 13] })
+            .map(|i| Example {
+                source: vec![1; 2 + i % 17],
+                target: vec![1; 3 + (i * 7) % 13],
+            })
             .collect();
         let b = epoch_batches(&examples, 64, 7, 0);
         let mut all: Vec<usize> = b.iter().flatten().copied().collect();
         all.sort();
         assert_eq!(all, (0..200).collect::<Vec<_>>());
         for batch in &b {
-            let longest = batch.iter().map(|&i| examples[i].source.len().max(examples[i].target.len())).max().unwrap();
+            let longest = batch
+                .iter()
+                .map(|&i| examples[i].source.len().max(examples[i].target.len()))
+                .max()
+                .unwrap();
             assert!(batch.len() == 1 || batch.len() * longest <= 64);
         }
         assert_eq!(b, epoch_batches(&examples, 64, 7, 0));
@@ -420,14 +520,32 @@ mod tests {
     #[test]
     fn batch_tensors_shift_targets_and_pad() {
         let ex = vec![
-            Example { source: vec![5, 6, 0], target: vec![7, 0] },
-            Example { source: vec![8, 0], target: vec![9, 10, 0] },
+            Example {
+                source: vec![5, 6, 0],
+                target: vec![7, 0],
+            },
+            Example {
+                source: vec![8, 0],
+                target: vec![9, 10, 0],
+            },
         ];
         let b = make_batch(&ex, &[0, 1], 99, 99, &Device::Cpu).unwrap();
-        assert_eq!(b.src_ids.to_vec2::<u32>().unwrap(), vec![vec![5, 6, 0], vec![8, 0, 99]]);
-        assert_eq!(b.src_mask.to_vec2::<u8>().unwrap(), vec![vec![1, 1, 1], vec![1, 1, 0]]);
-        assert_eq!(b.tgt_in.to_vec2::<u32>().unwrap(), vec![vec![99, 7, 99], vec![99, 9, 10]]);
-        assert_eq!(b.labels.to_vec2::<u32>().unwrap(), vec![vec![7, 0, 99], vec![9, 10, 0]]);
+        assert_eq!(
+            b.src_ids.to_vec2::<u32>().unwrap(),
+            vec![vec![5, 6, 0], vec![8, 0, 99]]
+        );
+        assert_eq!(
+            b.src_mask.to_vec2::<u8>().unwrap(),
+            vec![vec![1, 1, 1], vec![1, 1, 0]]
+        );
+        assert_eq!(
+            b.tgt_in.to_vec2::<u32>().unwrap(),
+            vec![vec![99, 7, 99], vec![99, 9, 10]]
+        );
+        assert_eq!(
+            b.labels.to_vec2::<u32>().unwrap(),
+            vec![vec![7, 0, 99], vec![9, 10, 0]]
+        );
         assert_eq!((b.rows, b.src_tokens, b.tgt_tokens), (2, 5, 5));
     }
 }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 pub enum Error {
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// The recipe does not parse, has an unknown key, or holds values that cannot work.
     #[error("recipe {origin}: {message}")]
     Recipe { origin: String, message: String },
@@ -16,13 +20,26 @@ pub enum Error {
     Override { spec: String, message: String },
     /// Source and target files of a text corpus have different numbers of lines.
     #[error("misaligned parallel files: {} has {source_lines} lines but {} has {target_lines}", source_path.display(), target_path.display())]
-    Misaligned { source_path: PathBuf, source_lines: usize, target_path: PathBuf, target_lines: usize },
+    Misaligned {
+        source_path: PathBuf,
+        source_lines: usize,
+        target_path: PathBuf,
+        target_lines: usize,
+    },
     /// A line of a corpus is not valid UTF-8.
     #[error("{}:{line}: invalid UTF-8 (byte offset {offset} in the line)", path.display())]
-    InvalidUtf8 { path: PathBuf, line: usize, offset: usize },
+    InvalidUtf8 {
+        path: PathBuf,
+        line: usize,
+        offset: usize,
+    },
     /// A TSV or JSONL line lacks a column or field, or is not valid JSON.
     #[error("{}:{line}: {message}", path.display())]
-    BadLine { path: PathBuf, line: usize, message: String },
+    BadLine {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     /// The recipe's data section does not say which files to read.
     #[error("data.{split}: {message}")]
     DataSpec { split: String, message: String },

@@ -57,7 +57,12 @@ fn normals(rng: &mut ChaCha8Rng, n: usize, std: f64) -> Vec<f32> {
 
 /// Overwrites every variable with its seeded initial value. Variables are visited in name order
 /// and each gets its own ChaCha stream, so the result does not depend on map order.
-pub fn init_marian(vars: &HashMap<String, Var>, init_std: f64, pad_id: u32, seed: u64) -> Result<()> {
+pub fn init_marian(
+    vars: &HashMap<String, Var>,
+    init_std: f64,
+    pad_id: u32,
+    seed: u64,
+) -> Result<()> {
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
     for (i, name) in names.into_iter().enumerate() {
@@ -94,33 +99,69 @@ mod tests {
 
     #[test]
     fn rules_by_name() {
-        assert_eq!(init_kind("model.encoder.layers.0.self_attn.q_proj.weight"), InitKind::Normal);
-        assert_eq!(init_kind("model.encoder.layers.0.self_attn.q_proj.bias"), InitKind::Zeros);
-        assert_eq!(init_kind("model.decoder.layers.0.final_layer_norm.weight"), InitKind::Ones);
-        assert_eq!(init_kind("model.decoder.layers.0.final_layer_norm.bias"), InitKind::Zeros);
+        assert_eq!(
+            init_kind("model.encoder.layers.0.self_attn.q_proj.weight"),
+            InitKind::Normal
+        );
+        assert_eq!(
+            init_kind("model.encoder.layers.0.self_attn.q_proj.bias"),
+            InitKind::Zeros
+        );
+        assert_eq!(
+            init_kind("model.decoder.layers.0.final_layer_norm.weight"),
+            InitKind::Ones
+        );
+        assert_eq!(
+            init_kind("model.decoder.layers.0.final_layer_norm.bias"),
+            InitKind::Zeros
+        );
         assert_eq!(init_kind("final_logits_bias"), InitKind::Zeros);
         assert_eq!(init_kind("model.shared.weight"), InitKind::Embedding);
-        assert_eq!(init_kind("model.encoder.embed_positions.weight"), InitKind::Keep);
+        assert_eq!(
+            init_kind("model.encoder.embed_positions.weight"),
+            InitKind::Keep
+        );
     }
 
     #[test]
     fn seeded_normal_with_zero_pad_row() {
         let mk = || {
             let mut m = HashMap::new();
-            m.insert("model.shared.weight".to_string(), Var::zeros((50, 40), candle_core::DType::F32, &Device::Cpu).unwrap());
-            m.insert("x.bias".to_string(), Var::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap());
+            m.insert(
+                "model.shared.weight".to_string(),
+                Var::zeros((50, 40), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            );
+            m.insert(
+                "x.bias".to_string(),
+                Var::ones(4, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            );
             m
         };
         let (a, b) = (mk(), mk());
         init_marian(&a, 0.02, 49, 3).unwrap();
         init_marian(&b, 0.02, 49, 3).unwrap();
-        let w = a["model.shared.weight"].as_tensor().to_vec2::<f32>().unwrap();
-        assert_eq!(w, b["model.shared.weight"].as_tensor().to_vec2::<f32>().unwrap());
+        let w = a["model.shared.weight"]
+            .as_tensor()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(
+            w,
+            b["model.shared.weight"]
+                .as_tensor()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
         assert!(w[49].iter().all(|&x| x == 0.0));
         let flat: Vec<f64> = w[..49].iter().flatten().map(|&x| x as f64).collect();
         let mean = flat.iter().sum::<f64>() / flat.len() as f64;
         let std = (flat.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / flat.len() as f64).sqrt();
-        assert!(mean.abs() < 0.002 && (std - 0.02).abs() < 0.001, "mean {mean} std {std}");
-        assert_eq!(a["x.bias"].as_tensor().to_vec1::<f32>().unwrap(), vec![0.0; 4]);
+        assert!(
+            mean.abs() < 0.002 && (std - 0.02).abs() < 0.001,
+            "mean {mean} std {std}"
+        );
+        assert_eq!(
+            a["x.bias"].as_tensor().to_vec1::<f32>().unwrap(),
+            vec![0.0; 4]
+        );
     }
 }

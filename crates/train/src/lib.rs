@@ -2,9 +2,10 @@
 //! recipes, parallel-data pipeline, AdamW with saveable state, the training loop and atomic checkpoints.
 //!
 //! A run is described by a [`recipe::Recipe`] (TOML; every default lives in its `Default` impls).
-//! The corpus is read and filtered by [`data`] and batched by token count with length bucketing and
-//! a seeded order; [`optim`] holds our AdamW; [`checkpoint`] writes atomic, resumable checkpoints;
-//! [`synthetic`] generates the toy corpus of the embedded default run.
+//! [`trainer::train`] reads and filters the corpus ([`data`]), batches by token count with length
+//! bucketing and a seeded order, steps our own AdamW ([`optim`]), validates (loss + BLEU) and writes
+//! resumable, atomic checkpoints ([`checkpoint`]). [`embedded`] is the run `rdrop train` does without
+//! a recipe, on the toy corpus of [`synthetic`].
 //!
 //! ```
 //! use rdrop_train::recipe::{CriterionKind, Recipe};
@@ -17,10 +18,12 @@
 pub mod average;
 pub mod checkpoint;
 pub mod data;
+pub mod embedded;
 pub mod error;
 pub mod init;
 pub mod optim;
 pub mod recipe;
 pub mod synthetic;
+pub mod trainer;
 
 pub use error::{Error, Result};

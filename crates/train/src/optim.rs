@@ -59,7 +59,11 @@ impl AdamW {
                 var,
             });
         }
-        Ok(AdamW { params, step: 0, cfg: cfg.clone() })
+        Ok(AdamW {
+            params,
+            step: 0,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Parameter names in optimiser order.
@@ -69,12 +73,20 @@ impl AdamW {
 
     /// Which parameters are decayed (name, decayed).
     pub fn decay_flags(&self) -> Vec<(&str, bool)> {
-        self.params.iter().map(|p| (p.name.as_str(), p.decay)).collect()
+        self.params
+            .iter()
+            .map(|p| (p.name.as_str(), p.decay))
+            .collect()
     }
 
     /// Pulls this update's gradients out of a backward pass.
     pub fn grads_from(&self, store: &GradStore) -> Grads {
-        Grads(self.params.iter().map(|p| store.get(p.var.as_tensor()).cloned()).collect())
+        Grads(
+            self.params
+                .iter()
+                .map(|p| store.get(p.var.as_tensor()).cloned())
+                .collect(),
+        )
     }
 
     /// Adds `other` into `acc` (gradient accumulation over `update_freq` batches).
@@ -123,27 +135,53 @@ impl AdamW {
             map.insert(format!("m.{}", p.name), p.m.clone());
             map.insert(format!("v.{}", p.name), p.v.clone());
         }
-        map.insert("step".into(), Tensor::new(&[self.step as i64], &Device::Cpu)?);
+        map.insert(
+            "step".into(),
+            Tensor::new(&[self.step as i64], &Device::Cpu)?,
+        );
         candle_core::safetensors::save(&map, path)?;
         Ok(())
     }
 
     /// Restores moments and step saved by [`AdamW::save`]; every parameter must be present.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let bad = |message: String| Error::Checkpoint { path: path.to_path_buf(), message };
-        let device = self.params.first().map(|p| p.var.device().clone()).unwrap_or(Device::Cpu);
+        let bad = |message: String| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message,
+        };
+        let device = self
+            .params
+            .first()
+            .map(|p| p.var.device().clone())
+            .unwrap_or(Device::Cpu);
         let map = candle_core::safetensors::load(path, &device)?;
         for p in &mut self.params {
-            for (slot, key) in [(&mut p.m, format!("m.{}", p.name)), (&mut p.v, format!("v.{}", p.name))] {
-                let t = map.get(&key).ok_or_else(|| bad(format!("optimizer state lacks {key}")))?;
+            for (slot, key) in [
+                (&mut p.m, format!("m.{}", p.name)),
+                (&mut p.v, format!("v.{}", p.name)),
+            ] {
+                let t = map
+                    .get(&key)
+                    .ok_or_else(|| bad(format!("optimizer state lacks {key}")))?;
                 if t.dims() != slot.dims() {
-                    return Err(bad(format!("{key} has shape {:?}, parameter has {:?}", t.dims(), slot.dims())));
+                    return Err(bad(format!(
+                        "{key} has shape {:?}, parameter has {:?}",
+                        t.dims(),
+                        slot.dims()
+                    )));
                 }
                 *slot = t.to_dtype(slot.dtype())?;
             }
         }
-        let step = map.get("step").ok_or_else(|| bad("optimizer state lacks step".into()))?;
-        self.step = step.to_dtype(DType::I64)?.to_vec1::<i64>()?.first().copied().unwrap_or(0) as u64;
+        let step = map
+            .get("step")
+            .ok_or_else(|| bad("optimizer state lacks step".into()))?;
+        self.step = step
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?
+            .first()
+            .copied()
+            .unwrap_or(0) as u64;
         Ok(())
     }
 }
@@ -152,7 +190,11 @@ impl AdamW {
 pub fn grad_norm(grads: &Grads) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.0.iter().flatten() {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        total += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
     }
     Ok(total.sqrt())
 }
@@ -199,14 +241,23 @@ mod tests {
     use super::*;
 
     fn cfg(wd: f64) -> OptimizerSection {
-        OptimizerSection { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, clip_norm: 0.0 }
+        OptimizerSection {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+            clip_norm: 0.0,
+        }
     }
 
     #[test]
     fn no_decay_names() {
         assert!(no_decay("model.encoder.layers.0.fc1.bias"));
         assert!(no_decay("final_logits_bias"));
-        assert!(no_decay("model.decoder.layers.1.self_attn_layer_norm.weight"));
+        assert!(no_decay(
+            "model.decoder.layers.1.self_attn_layer_norm.weight"
+        ));
         assert!(no_decay("model.encoder.layernorm_embedding.weight"));
         assert!(!no_decay("model.encoder.layers.0.fc1.weight"));
         assert!(!no_decay("model.shared.weight"));
@@ -219,15 +270,31 @@ mod tests {
         let fx: serde_json::Value =
             serde_json::from_str(include_str!("../tests/fixtures/adamw.json")).unwrap();
         let vec_of = |v: &serde_json::Value| -> Vec<f32> {
-            v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
         };
         let mut vars = HashMap::new();
         for (name, shape) in fx["shapes"].as_object().unwrap() {
-            let shape: Vec<usize> = shape.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+            let shape: Vec<usize> = shape
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as usize)
+                .collect();
             let t = Tensor::from_vec(vec_of(&fx["init"][name]), shape, &Device::Cpu).unwrap();
             vars.insert(name.clone(), Var::from_tensor(&t).unwrap());
         }
-        let c = OptimizerSection { lr: 1e-2, beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01, clip_norm: 0.0 };
+        let c = OptimizerSection {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            clip_norm: 0.0,
+        };
         let mut opt = AdamW::new(&vars, &c).unwrap();
         for step in fx["steps"].as_array().unwrap() {
             let grads = Grads(
@@ -235,14 +302,22 @@ mod tests {
                     .iter()
                     .map(|n| {
                         let shape = vars[*n].as_tensor().shape().clone();
-                        Some(Tensor::from_vec(vec_of(&step["grads"][*n]), shape, &Device::Cpu).unwrap())
+                        Some(
+                            Tensor::from_vec(vec_of(&step["grads"][*n]), shape, &Device::Cpu)
+                                .unwrap(),
+                        )
                     })
                     .collect(),
             );
             opt.step(&grads, step["lr"].as_f64().unwrap()).unwrap();
         }
         for (name, var) in &vars {
-            let got = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             for (g, e) in got.iter().zip(vec_of(&fx["final"][name])) {
                 assert!((g - e).abs() < 2e-6, "{name}: {g} vs torch {e}");
             }
@@ -255,11 +330,17 @@ mod tests {
         let w = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
         vars.insert("w".to_string(), w.clone());
         let mut opt = AdamW::new(&vars, &cfg(0.0)).unwrap();
-        let g = Grads(vec![Some(Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap())]);
+        let g = Grads(vec![Some(
+            Tensor::new(&[0.5f32, 0.25], &Device::Cpu).unwrap(),
+        )]);
         opt.step(&g, 0.01).unwrap();
         let d = tempfile::tempdir().unwrap();
         opt.save(&d.path().join("o.safetensors")).unwrap();
-        let w2 = Var::new(w.as_tensor().to_vec1::<f32>().unwrap().as_slice(), &Device::Cpu).unwrap();
+        let w2 = Var::new(
+            w.as_tensor().to_vec1::<f32>().unwrap().as_slice(),
+            &Device::Cpu,
+        )
+        .unwrap();
         let mut vars2 = HashMap::new();
         vars2.insert("w".to_string(), w2.clone());
         let mut opt2 = AdamW::new(&vars2, &cfg(0.0)).unwrap();
@@ -267,7 +348,10 @@ mod tests {
         assert_eq!(opt2.step, 1);
         opt.step(&g, 0.01).unwrap();
         opt2.step(&g, 0.01).unwrap();
-        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), w2.as_tensor().to_vec1::<f32>().unwrap());
+        assert_eq!(
+            w.as_tensor().to_vec1::<f32>().unwrap(),
+            w2.as_tensor().to_vec1::<f32>().unwrap()
+        );
     }
 
     #[test]
@@ -286,11 +370,19 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let s = ScheduleSection { kind: ScheduleKind::InverseSqrt, warmup_updates: 100, warmup_init_lr: 0.0 };
+        let s = ScheduleSection {
+            kind: ScheduleKind::InverseSqrt,
+            warmup_updates: 100,
+            warmup_init_lr: 0.0,
+        };
         assert!((learning_rate(&s, 1e-3, 0, 50) - 5e-4).abs() < 1e-12);
         assert!((learning_rate(&s, 1e-3, 0, 100) - 1e-3).abs() < 1e-12);
         assert!((learning_rate(&s, 1e-3, 0, 400) - 5e-4).abs() < 1e-12);
-        let s = ScheduleSection { kind: ScheduleKind::Linear, warmup_updates: 10, warmup_init_lr: 0.0 };
+        let s = ScheduleSection {
+            kind: ScheduleKind::Linear,
+            warmup_updates: 10,
+            warmup_init_lr: 0.0,
+        };
         assert!((learning_rate(&s, 1.0, 110, 60) - 0.5).abs() < 1e-12);
         assert_eq!(learning_rate(&s, 1.0, 110, 110), 0.0);
     }
@@ -302,7 +394,13 @@ mod tests {
         AdamW::accumulate(&mut acc, Grads(vec![t(1.0), None])).unwrap();
         AdamW::accumulate(&mut acc, Grads(vec![t(2.0), t(5.0)])).unwrap();
         let a = acc.unwrap();
-        assert_eq!(a.0[0].as_ref().unwrap().to_vec1::<f32>().unwrap(), vec![3.0]);
-        assert_eq!(a.0[1].as_ref().unwrap().to_vec1::<f32>().unwrap(), vec![5.0]);
+        assert_eq!(
+            a.0[0].as_ref().unwrap().to_vec1::<f32>().unwrap(),
+            vec![3.0]
+        );
+        assert_eq!(
+            a.0[1].as_ref().unwrap().to_vec1::<f32>().unwrap(),
+            vec![5.0]
+        );
     }
 }

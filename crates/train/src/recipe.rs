@@ -144,7 +144,10 @@ pub struct TokenizerSection {
 
 impl Default for TokenizerSection {
     fn default() -> Self {
-        TokenizerSection { kind: TokenizerKind::Auto, vocab_size: 8000 }
+        TokenizerSection {
+            kind: TokenizerKind::Auto,
+            vocab_size: 8000,
+        }
     }
 }
 
@@ -238,7 +241,11 @@ pub struct CriterionSection {
 
 impl Default for CriterionSection {
     fn default() -> Self {
-        CriterionSection { kind: CriterionKind::Rdrop, label_smoothing: 0.1, alpha: 5.0 }
+        CriterionSection {
+            kind: CriterionKind::Rdrop,
+            label_smoothing: 0.1,
+            alpha: 5.0,
+        }
     }
 }
 
@@ -291,7 +298,11 @@ pub struct ScheduleSection {
 
 impl Default for ScheduleSection {
     fn default() -> Self {
-        ScheduleSection { kind: ScheduleKind::InverseSqrt, warmup_updates: 4000, warmup_init_lr: 1e-7 }
+        ScheduleSection {
+            kind: ScheduleKind::InverseSqrt,
+            warmup_updates: 4000,
+            warmup_init_lr: 1e-7,
+        }
     }
 }
 
@@ -306,7 +317,10 @@ pub struct BatchingSection {
 
 impl Default for BatchingSection {
     fn default() -> Self {
-        BatchingSection { max_tokens: 4096, update_freq: 1 }
+        BatchingSection {
+            max_tokens: 4096,
+            update_freq: 1,
+        }
     }
 }
 
@@ -325,7 +339,12 @@ pub struct TrainingSection {
 
 impl Default for TrainingSection {
     fn default() -> Self {
-        TrainingSection { max_updates: 0, max_epochs: 20, log_every: 50, threads: 0 }
+        TrainingSection {
+            max_updates: 0,
+            max_epochs: 20,
+            log_every: 50,
+            threads: 0,
+        }
     }
 }
 
@@ -384,7 +403,10 @@ pub struct CheckpointSection {
 
 impl Default for CheckpointSection {
     fn default() -> Self {
-        CheckpointSection { every_updates: 1000, keep_last: 5 }
+        CheckpointSection {
+            every_updates: 1000,
+            keep_last: 5,
+        }
     }
 }
 
@@ -398,7 +420,10 @@ pub struct NanSection {
 
 impl Default for NanSection {
     fn default() -> Self {
-        NanSection { max_consecutive: 5, max_total: 100 }
+        NanSection {
+            max_consecutive: 5,
+            max_total: 100,
+        }
     }
 }
 
@@ -406,30 +431,39 @@ impl Recipe {
     /// Reads a recipe file and applies `--set key.sub=value` overrides (values parsed as TOML,
     /// falling back to a plain string), then validates it.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_str_with(&text, &path.display().to_string(), overrides)
     }
 
     /// Like [`Recipe::load`] for recipe text; `origin` names it in errors.
     pub fn from_str_with(text: &str, origin: &str, overrides: &[String]) -> Result<Recipe> {
         // Deserialise the file alone first so its own mistakes are reported with the file's line numbers.
-        let mut recipe: Recipe = toml::from_str(text)
-            .map_err(|e| Error::Recipe { origin: origin.to_string(), message: e.to_string() })?;
+        let mut recipe: Recipe = toml::from_str(text).map_err(|e| Error::Recipe {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
         if !overrides.is_empty() {
-            let mut table: toml::Table = toml::from_str(text)
-                .map_err(|e| Error::Recipe { origin: origin.to_string(), message: e.to_string() })?;
+            let mut table: toml::Table = toml::from_str(text).map_err(|e| Error::Recipe {
+                origin: origin.to_string(),
+                message: e.to_string(),
+            })?;
             for ov in overrides {
                 apply_override(&mut table, ov)?;
             }
-            recipe = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-                Error::Recipe {
+            recipe = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Recipe {
                     origin: format!("{origin} with --set {}", overrides.join(" --set ")),
                     message: e.to_string(),
-                }
-            })?;
+                })?;
         }
-        recipe.validate().map_err(|message| Error::Recipe { origin: origin.to_string(), message })?;
+        recipe.validate().map_err(|message| Error::Recipe {
+            origin: origin.to_string(),
+            message,
+        })?;
         Ok(recipe)
     }
 
@@ -461,7 +495,7 @@ impl Recipe {
             }
         }
         let a = &m.arch;
-        if a.heads == 0 || a.d_model % a.heads != 0 {
+        if a.heads == 0 || !a.d_model.is_multiple_of(a.heads) {
             return Err(format!(
                 "model.arch.d_model = {} must be a multiple of model.arch.heads = {}",
                 a.d_model, a.heads
@@ -477,14 +511,23 @@ impl Recipe {
             return Err("tokenizer.kind = \"model\" needs model.pretrained".into());
         }
         if self.tokenizer.vocab_size < 16 {
-            return Err(format!("tokenizer.vocab_size = {} is too small", self.tokenizer.vocab_size));
+            return Err(format!(
+                "tokenizer.vocab_size = {} is too small",
+                self.tokenizer.vocab_size
+            ));
         }
         let c = &self.criterion;
         if !(0.0..1.0).contains(&c.label_smoothing) {
-            return Err(format!("criterion.label_smoothing = {}: must be in [0, 1)", c.label_smoothing));
+            return Err(format!(
+                "criterion.label_smoothing = {}: must be in [0, 1)",
+                c.label_smoothing
+            ));
         }
         if !c.alpha.is_finite() || c.alpha < 0.0 {
-            return Err(format!("criterion.alpha = {}: must be finite and >= 0", c.alpha));
+            return Err(format!(
+                "criterion.alpha = {}: must be finite and >= 0",
+                c.alpha
+            ));
         }
         let o = &self.optimizer;
         if !(o.lr > 0.0 && o.lr.is_finite()) {
@@ -499,10 +542,14 @@ impl Recipe {
             return Err("batching.max_tokens and batching.update_freq must be positive".into());
         }
         if self.training.max_updates == 0 && self.training.max_epochs == 0 {
-            return Err("set training.max_updates or training.max_epochs (both are 0: no end)".into());
+            return Err(
+                "set training.max_updates or training.max_epochs (both are 0: no end)".into(),
+            );
         }
         if self.schedule.kind == ScheduleKind::Linear && self.training.max_updates == 0 {
-            return Err("schedule.kind = \"linear\" decays to 0 at training.max_updates: set it".into());
+            return Err(
+                "schedule.kind = \"linear\" decays to 0 at training.max_updates: set it".into(),
+            );
         }
         if self.data.max_len < 2 || self.data.max_len_ratio < 1.0 {
             return Err("data.max_len must be >= 2 and data.max_len_ratio >= 1".into());
@@ -533,15 +580,22 @@ pub fn parse_device(s: &str) -> std::result::Result<Option<usize>, String> {
 
 /// Applies one `key.sub=value` to a TOML table, creating intermediate tables.
 fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
-    let bad = |message: String| Error::Override { spec: spec.to_string(), message };
-    let (key, raw) = spec.split_once('=').ok_or_else(|| bad("expected key=value".into()))?;
+    let bad = |message: String| Error::Override {
+        spec: spec.to_string(),
+        message,
+    };
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected key=value".into()))?;
     let key = key.trim();
     let raw = raw.trim();
     if key.is_empty() || key.split('.').any(str::is_empty) {
         return Err(bad(format!("bad key {key:?}")));
     }
     let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_string())),
         // Unquoted words (`criterion.kind=rdrop`, paths) are strings.
         Err(_) => toml::Value::String(raw.to_string()),
     };
@@ -606,7 +660,10 @@ mod tests {
         .unwrap();
         assert_eq!(r.criterion.alpha, 0.7);
         assert_eq!(r.criterion.kind, CriterionKind::LabelSmoothedCe);
-        assert_eq!(r.data.train.source.as_deref(), Some(Path::new("corpus/train.de")));
+        assert_eq!(
+            r.data.train.source.as_deref(),
+            Some(Path::new("corpus/train.de"))
+        );
         assert_eq!(r.training.max_updates, 10);
         // An integer alpha is accepted as f64.
         let r = Recipe::from_str_with("[criterion]\nalpha = 3\n", "x", &[]).unwrap();

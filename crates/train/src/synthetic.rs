@@ -28,8 +28,22 @@ struct Noun {
     animate: bool,
 }
 
-const fn n(sg: &'static str, pl: &'static str, g: Gender, en: &'static str, en_pl: &'static str, animate: bool) -> Noun {
-    Noun { sg, pl, g, en, en_pl, animate }
+const fn n(
+    sg: &'static str,
+    pl: &'static str,
+    g: Gender,
+    en: &'static str,
+    en_pl: &'static str,
+    animate: bool,
+) -> Noun {
+    Noun {
+        sg,
+        pl,
+        g,
+        en,
+        en_pl,
+        animate,
+    }
 }
 
 use Gender::{F, M, N};
@@ -38,7 +52,7 @@ const NOUNS: &[Noun] = &[
     n("Hund", "Hunde", M, "dog", "dogs", true),
     n("Lehrer", "Lehrer", M, "teacher", "teachers", true),
     n("Vogel", "Vögel", M, "bird", "birds", true),
-    n("Junge", "Jungen", M, "boy", "boys", true),
+    n("Sohn", "Söhne", M, "son", "sons", true),
     n("Koch", "Köche", M, "cook", "cooks", true),
     n("Arzt", "Ärzte", M, "doctor", "doctors", true),
     n("Apfel", "Äpfel", M, "apple", "apples", false),
@@ -76,12 +90,33 @@ const VERBS: &[[&str; 6]] = &[
     ["liebt", "lieben", "geliebt", "love", "loves", "loved"],
     ["holt", "holen", "geholt", "fetch", "fetches", "fetched"],
     ["hört", "hören", "gehört", "hear", "hears", "heard"],
-    ["braucht", "brauchen", "gebraucht", "need", "needs", "needed"],
+    [
+        "braucht",
+        "brauchen",
+        "gebraucht",
+        "need",
+        "needs",
+        "needed",
+    ],
     ["öffnet", "öffnen", "geöffnet", "open", "opens", "opened"],
     ["baut", "bauen", "gebaut", "build", "builds", "built"],
     ["verkauft", "verkaufen", "verkauft", "sell", "sells", "sold"],
-    ["vergisst", "vergessen", "vergessen", "forget", "forgets", "forgot"],
-    ["zeichnet", "zeichnen", "gezeichnet", "draw", "draws", "drew"],
+    [
+        "vergisst",
+        "vergessen",
+        "vergessen",
+        "forget",
+        "forgets",
+        "forgot",
+    ],
+    [
+        "zeichnet",
+        "zeichnen",
+        "gezeichnet",
+        "draw",
+        "draws",
+        "drew",
+    ],
     ["wäscht", "waschen", "gewaschen", "wash", "washes", "washed"],
 ];
 
@@ -101,7 +136,12 @@ const ADJS: &[[&str; 2]] = &[
     ["ehrlich", "honest"],
 ];
 
-const ADVS: &[[&str; 2]] = &[["heute", "today"], ["morgen", "tomorrow"], ["dann", "then"], ["hier", "here"]];
+const ADVS: &[[&str; 2]] = &[
+    ["heute", "today"],
+    ["morgen", "tomorrow"],
+    ["dann", "then"],
+    ["hier", "here"],
+];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Case {
@@ -117,11 +157,16 @@ struct Np {
 }
 
 fn noun_phrase(rng: &mut ChaCha8Rng, case: Case, animate_only: bool) -> Np {
-    let pool: Vec<&Noun> = NOUNS.iter().filter(|x| !animate_only || x.animate).collect();
+    let pool: Vec<&Noun> = NOUNS
+        .iter()
+        .filter(|x| !animate_only || x.animate)
+        .collect();
     let noun = pool[rng.gen_range(0..pool.len())];
     let plural = rng.gen_bool(0.3);
     let definite = plural || rng.gen_bool(0.7);
-    let adj = rng.gen_bool(0.4).then(|| ADJS[rng.gen_range(0..ADJS.len())]);
+    let adj = rng
+        .gen_bool(0.4)
+        .then(|| ADJS[rng.gen_range(0..ADJS.len())]);
     let (mut de, mut en) = (Vec::<String>::new(), Vec::<String>::new());
     // Articles and adjective endings: the weak declension after der/die/das, mixed after ein,
     // strong in the bare plural.
@@ -156,7 +201,11 @@ fn noun_phrase(rng: &mut ChaCha8Rng, case: Case, animate_only: bool) -> Np {
         en.push(e.into());
     }
     en.push(head_en.into());
-    Np { de: de.join(" "), en: en.join(" "), plural }
+    Np {
+        de: de.join(" "),
+        en: en.join(" "),
+        plural,
+    }
 }
 
 /// A clause: `sub` = verb-final subordinate order in German.
@@ -191,9 +240,16 @@ fn clause(rng: &mut ChaCha8Rng, sub: bool, allow_front: bool) -> (String, String
     if allow_front && !sub && kind < 7 {
         // A fronted adverb puts the German verb before the subject (verb second).
         let [ad, ae] = ADVS[rng.gen_range(0..ADVS.len())];
-        return (format!("{} {} {} {}", ad, de_v, s.de, o.de), format!("{} {} {} {}", ae, s.en, en_v, o.en));
+        return (
+            format!("{} {} {} {}", ad, de_v, s.de, o.de),
+            format!("{} {} {} {}", ae, s.en, en_v, o.en),
+        );
     }
-    let de = if sub { format!("{} {} {}", s.de, o.de, de_v) } else { format!("{} {} {}", s.de, de_v, o.de) };
+    let de = if sub {
+        format!("{} {} {}", s.de, o.de, de_v)
+    } else {
+        format!("{} {} {}", s.de, de_v, o.de)
+    };
     (de, format!("{} {} {}", s.en, en_v, o.en))
 }
 
@@ -219,7 +275,10 @@ pub fn sentence_pair(rng: &mut ChaCha8Rng) -> (String, String) {
         }
         _ => (de, en),
     };
-    (format!("{}.", capitalise(&de)), format!("{}.", capitalise(&en)))
+    (
+        format!("{}.", capitalise(&de)),
+        format!("{}.", capitalise(&en)),
+    )
 }
 
 /// Sizes of the generated splits.
@@ -254,7 +313,10 @@ pub fn generate(seed: u64, sizes: Sizes) -> Vec<(&'static str, Vec<(String, Stri
 
 /// Writes `<split>.de` / `<split>.en` files into `dir` (created if needed).
 pub fn write_corpus(dir: &Path, seed: u64, sizes: Sizes) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for (name, pairs) in generate(seed, sizes) {
         for (ext, side) in [("de", 0), ("en", 1)] {
             let path = dir.join(format!("{name}.{ext}"));
@@ -293,9 +355,16 @@ mod tests {
 
     #[test]
     fn splits_are_disjoint_and_deterministic() {
-        let sizes = Sizes { train: 500, valid: 50, test: 50 };
+        let sizes = Sizes {
+            train: 500,
+            valid: 50,
+            test: 50,
+        };
         let a = generate(7, sizes);
-        assert_eq!(a.iter().map(|(_, p)| p.len()).collect::<Vec<_>>(), vec![500, 50, 50]);
+        assert_eq!(
+            a.iter().map(|(_, p)| p.len()).collect::<Vec<_>>(),
+            vec![500, 50, 50]
+        );
         let train: HashSet<&String> = a[0].1.iter().map(|p| &p.0).collect();
         assert!(a[2].1.iter().all(|p| !train.contains(&p.0)));
         let b = generate(7, sizes);

@@ -1,0 +1,826 @@
+//! The training loop: model and tokenizer set-up, updates with gradient accumulation, NaN policy,
+//! logging (progress bar + metrics JSONL), validation (loss + BLEU), checkpoints and resume.
+
+use crate::checkpoint::{self, TrainerState};
+use crate::data::{self, DataStats, Example, RawPair};
+use crate::error::{ext, Error, Result};
+use crate::init::init_marian;
+use crate::optim::{self, AdamW, Grads};
+use crate::recipe::{CriterionKind, DecodeKind, Recipe, TokenizerKind};
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rdrop_loss::{Criterion, CriterionConfig};
+use rdrop_seq2seq::config::Config;
+use rdrop_seq2seq::dropout::{DropoutRng, Mode};
+use rdrop_seq2seq::model::MarianModel;
+use rdrop_seq2seq::tokenizer::MarianTokenizer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How [`train`] runs besides the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the latest checkpoint in the output directory.
+    pub resume: bool,
+    /// Draw a progress bar (otherwise log lines go to stderr).
+    pub progress: bool,
+    /// Print nothing but errors.
+    pub quiet: bool,
+    /// Fault injection for tests: update attempts (1-based, skipped ones included) whose loss is
+    /// treated as non-finite.
+    pub fault_nan_updates: Vec<u64>,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub updates: u64,
+    pub epochs: u64,
+    pub best_bleu: Option<f64>,
+    pub best_update: Option<u64>,
+    /// `<output_dir>/best` if a validation BLEU was computed, else the last checkpoint.
+    pub best_dir: PathBuf,
+    pub last_dir: PathBuf,
+    pub train_stats: DataStats,
+    pub valid_stats: DataStats,
+    pub nan_skipped: u64,
+    pub stopped_early: bool,
+    pub last_valid: Option<Validation>,
+}
+
+/// One validation result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Validation {
+    /// Label-smoothed CE per target token (one eval-mode pass).
+    pub loss: f64,
+    /// Plain NLL per target token.
+    pub nll: f64,
+    pub bleu: Option<f64>,
+    pub sentences: usize,
+}
+
+/// The pieces of a live run.
+pub struct Session {
+    pub recipe: Recipe,
+    pub device: Device,
+    pub cfg: Config,
+    pub varmap: VarMap,
+    pub model: MarianModel,
+    pub tokenizer: MarianTokenizer,
+}
+
+/// `cpu` / `cuda[:N]` → a candle device.
+pub fn make_device(spec: &str) -> Result<Device> {
+    match crate::recipe::parse_device(spec).map_err(Error::Other)? {
+        None => Ok(Device::Cpu),
+        Some(n) => Device::new_cuda(n).map_err(|e| {
+            Error::Other(format!(
+                "device = {spec:?}: {e} (build with `--features cuda` for GPUs)"
+            ))
+        }),
+    }
+}
+
+/// HF `MarianConfig` JSON for a from-scratch model (the model crate fills the keys we omit with
+/// transformers' defaults).
+pub fn scratch_config(r: &Recipe, tok: &MarianTokenizer) -> Result<Config> {
+    let a = &r.model.arch;
+    let v = tok.vocab_size();
+    let json = serde_json::json!({
+        "model_type": "marian",
+        "architectures": ["MarianMTModel"],
+        "vocab_size": v,
+        "decoder_vocab_size": v,
+        "d_model": a.d_model,
+        "encoder_layers": a.encoder_layers,
+        "decoder_layers": a.decoder_layers,
+        "encoder_attention_heads": a.heads,
+        "decoder_attention_heads": a.heads,
+        "encoder_ffn_dim": a.ffn_dim,
+        "decoder_ffn_dim": a.ffn_dim,
+        "activation_function": if a.activation == "swish" { "swish" } else { a.activation.as_str() },
+        "dropout": r.model.dropout,
+        "attention_dropout": r.model.attention_dropout,
+        "activation_dropout": r.model.activation_dropout,
+        "max_position_embeddings": a.max_positions,
+        "init_std": a.init_std,
+        "scale_embedding": a.scale_embedding,
+        "share_encoder_decoder_embeddings": a.share_embeddings,
+        "tie_word_embeddings": a.share_embeddings,
+        "pad_token_id": tok.pad_id(),
+        "eos_token_id": tok.eos_id(),
+        "decoder_start_token_id": tok.pad_id(),
+        "forced_eos_token_id": tok.eos_id(),
+        "bos_token_id": 0,
+        "max_length": a.max_positions,
+        "num_beams": r.validation.beam_size,
+        "is_encoder_decoder": true,
+        "static_position_embeddings": true,
+    });
+    Config::from_json_str(&json.to_string(), Path::new("<recipe model.arch>")).map_err(ext)
+}
+
+/// The model directory's config with the recipe's dropout rates (a recipe decides regularisation).
+fn config_with_dropout(dir: &Path, r: &Recipe) -> Result<Config> {
+    let mut cfg = rdrop_seq2seq::checkpoint::load_config(dir).map_err(ext)?;
+    cfg.dropout = r.model.dropout;
+    cfg.attention_dropout = r.model.attention_dropout;
+    cfg.activation_dropout = r.model.activation_dropout;
+    Ok(cfg)
+}
+
+fn load_weights(dir: &Path, cfg: &Config, device: &Device) -> Result<VarMap> {
+    let weights = rdrop_seq2seq::checkpoint::weights_in(dir).map_err(ext)?;
+    rdrop_seq2seq::checkpoint::load_varmap(&weights, cfg, DType::F32, device).map_err(ext)
+}
+
+/// Text files a tokenizer is trained on: the training split as plain text (source then target).
+fn tokenizer_training_files(r: &Recipe, pairs: &[RawPair]) -> Result<Vec<PathBuf>> {
+    let dir = r.output_dir.join("tokenizer-data");
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for (name, side) in [("train.src", 0), ("train.tgt", 1)] {
+        let p = dir.join(name);
+        let mut text = String::new();
+        for pair in pairs {
+            text.push_str(if side == 0 {
+                &pair.source
+            } else {
+                &pair.target
+            });
+            text.push('\n');
+        }
+        std::fs::write(&p, text).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        files.push(p);
+    }
+    Ok(files)
+}
+
+/// Builds (or restores) tokenizer, config and weights. `from` = a checkpoint to resume.
+pub fn build_session(r: &Recipe, train_pairs: &[RawPair], from: Option<&Path>) -> Result<Session> {
+    let device = make_device(&r.device)?;
+    let dtype = DType::F32;
+    let (tokenizer, cfg, varmap) = if let Some(dir) = from {
+        let tok = MarianTokenizer::from_dir(dir).map_err(ext)?;
+        let cfg = config_with_dropout(dir, r)?;
+        let vm = load_weights(dir, &cfg, &device)?;
+        (tok, cfg, vm)
+    } else if !r.model.pretrained.is_empty() {
+        let dir = rdrop_seq2seq::checkpoint::resolve(&r.model.pretrained).map_err(ext)?;
+        let tok = match r.tokenizer_kind() {
+            TokenizerKind::Model | TokenizerKind::Auto => MarianTokenizer::from_dir(&dir).map_err(ext)?,
+            k => {
+                return Err(Error::Other(format!(
+                    "tokenizer.kind = {k:?} with a pretrained model: its embeddings belong to its own tokenizer; use \"model\""
+                )))
+            }
+        };
+        let cfg = config_with_dropout(&dir, r)?;
+        let vm = load_weights(&dir, &cfg, &device)?;
+        (tok, cfg, vm)
+    } else {
+        let kind = match r.tokenizer_kind() {
+            TokenizerKind::Unigram => rdrop_seq2seq::tokenizer::TokenizerKind::Unigram,
+            _ => rdrop_seq2seq::tokenizer::TokenizerKind::Bpe,
+        };
+        let files = tokenizer_training_files(r, train_pairs)?;
+        let tok = rdrop_seq2seq::tokenizer::train_joint(&files, kind, r.tokenizer.vocab_size)
+            .map_err(ext)?;
+        let cfg = scratch_config(r, &tok)?;
+        (tok, cfg, VarMap::new())
+    };
+    let vb = VarBuilder::from_varmap(&varmap, dtype, &device);
+    let model = MarianModel::new(&cfg, vb).map_err(ext)?;
+    if from.is_none() && r.model.pretrained.is_empty() {
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::Other("variable map poisoned".into()))?;
+        init_marian(&vars, r.model.arch.init_std, tokenizer.pad_id(), r.seed)?;
+    }
+    Ok(Session {
+        recipe: r.clone(),
+        device,
+        cfg,
+        varmap,
+        model,
+        tokenizer,
+    })
+}
+
+/// Tokenises a split with the session's tokenizer and the recipe's filters.
+pub fn prepare_examples(
+    s: &Session,
+    pairs: &[RawPair],
+    stats: &mut DataStats,
+    max_len: usize,
+    max_ratio: f64,
+    limit: usize,
+) -> Result<Vec<Example>> {
+    data::tokenize_and_filter(pairs, stats, max_len, max_ratio, limit, |a, b| {
+        Ok((
+            s.tokenizer.encode_source(a).map_err(ext)?,
+            s.tokenizer.encode_target(b).map_err(ext)?,
+        ))
+    })
+}
+
+/// Translates token-id sources with the model crate's search (beam 1 = greedy), batched by
+/// length; returns detokenised text in input order. Length limit: 1.5 × source + `extra` tokens.
+pub fn translate_ids(
+    s: &Session,
+    sources: &[Vec<u32>],
+    beam: usize,
+    batch_size: usize,
+    extra: usize,
+) -> Result<Vec<String>> {
+    use rdrop_seq2seq::generate::{generate, GenerateConfig};
+    let cfg = GenerateConfig {
+        beam: beam.max(1),
+        max_len_a: 1.5,
+        max_len_b: extra,
+        ..GenerateConfig::default()
+    };
+    let mut out = vec![String::new(); sources.len()];
+    // Sorting by length keeps padding (and wasted decoding) low; results return to their slots.
+    let mut order: Vec<usize> = (0..sources.len()).collect();
+    order.sort_by_key(|&i| sources[i].len());
+    for chunk in order.chunks(batch_size.max(1)) {
+        let srcs: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
+        let hyps = generate(&s.model, &srcs, &cfg).map_err(ext)?;
+        for (&i, h) in chunk.iter().zip(hyps) {
+            let tokens = h.into_iter().next().map(|h| h.tokens).unwrap_or_default();
+            out[i] = s.tokenizer.decode(&tokens).map_err(ext)?;
+        }
+    }
+    Ok(out)
+}
+
+/// Translates with the recipe's validation decoder (greedy or beam).
+pub fn translate(s: &Session, sources: &[Vec<u32>]) -> Result<Vec<String>> {
+    let v = &s.recipe.validation;
+    let beam = match v.decode {
+        DecodeKind::Greedy => 1,
+        DecodeKind::Beam => v.beam_size,
+    };
+    translate_ids(s, sources, beam, v.batch_size, v.max_decode_len)
+}
+
+/// Corpus BLEU (sacreBLEU defaults: 13a, exp smoothing) of hypotheses against one reference set.
+pub fn corpus_bleu(hyps: &[String], refs: &[String]) -> Result<f64> {
+    let bleu =
+        rdrop_bleu::Bleu::new(rdrop_bleu::BleuConfig::default(), &[refs.to_vec()]).map_err(ext)?;
+    Ok(bleu.corpus_score(hyps).map_err(ext)?.score)
+}
+
+/// Builds the criterion the recipe asks for.
+pub fn make_criterion(r: &Recipe, pad: u32) -> Result<Box<dyn Criterion>> {
+    let c = &r.criterion;
+    let cfg = match c.kind {
+        CriterionKind::LabelSmoothedCe => CriterionConfig::LabelSmoothedCe {
+            eps: c.label_smoothing,
+        },
+        CriterionKind::Rdrop => CriterionConfig::RDrop {
+            eps: c.label_smoothing,
+            alpha: c.alpha,
+        },
+    };
+    cfg.build(pad).map_err(ext)
+}
+
+/// One forward pass + loss on a batch. With a doubling criterion the inputs are stacked `[x; x]`.
+pub fn batch_loss(
+    s: &Session,
+    criterion: &dyn Criterion,
+    b: &data::Batch,
+    mode: Mode,
+) -> Result<rdrop_loss::LossParts> {
+    let logits = if criterion.needs_doubled_batch() {
+        let d = rdrop_loss::duplicate_all(&[&b.src_ids, &b.src_mask, &b.tgt_in]).map_err(ext)?;
+        s.model.forward(&d[0], &d[1], &d[2], mode).map_err(ext)?
+    } else {
+        s.model
+            .forward(&b.src_ids, &b.src_mask, &b.tgt_in, mode)
+            .map_err(ext)?
+    };
+    criterion.loss(&logits, &b.labels).map_err(ext)
+}
+
+/// Validation loss (eval mode, one pass, label-smoothed CE) and optionally BLEU.
+pub fn validate(
+    s: &Session,
+    valid: &[Example],
+    refs: &[String],
+    with_bleu: bool,
+) -> Result<Validation> {
+    let pad = s.tokenizer.pad_id();
+    let ce = make_criterion(
+        &Recipe {
+            criterion: crate::recipe::CriterionSection {
+                kind: CriterionKind::LabelSmoothedCe,
+                ..s.recipe.criterion.clone()
+            },
+            ..Recipe::default()
+        },
+        pad,
+    )?;
+    let (mut loss, mut nll, mut n) = (0f64, 0f64, 0usize);
+    let idx: Vec<usize> = (0..valid.len()).collect();
+    for chunk in idx.chunks(s.recipe.validation.batch_size) {
+        let b = data::make_batch(valid, chunk, pad, s.cfg.decoder_start_token_id, &s.device)?;
+        let parts = batch_loss(s, ce.as_ref(), &b, Mode::Eval)?;
+        loss += parts.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        nll += parts.nll_sum[0].to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        n += parts.ntokens;
+    }
+    let bleu = if with_bleu && !valid.is_empty() {
+        let sources: Vec<Vec<u32>> = valid.iter().map(|e| e.source.clone()).collect();
+        let hyps = translate(s, &sources)?;
+        Some(corpus_bleu(&hyps, refs)?)
+    } else {
+        None
+    };
+    let n1 = n.max(1) as f64;
+    Ok(Validation {
+        loss: loss / n1,
+        nll: nll / n1,
+        bleu,
+        sentences: valid.len(),
+    })
+}
+
+/// Saves a full checkpoint atomically.
+pub fn save_checkpoint(s: &Session, opt: &AdamW, state: &TrainerState, dest: &Path) -> Result<()> {
+    checkpoint::write_atomic(dest, |tmp, save_no| {
+        rdrop_seq2seq::checkpoint::save(tmp, &s.cfg, &s.varmap).map_err(ext)?;
+        checkpoint::fault_point(save_no);
+        s.tokenizer.save(tmp).map_err(ext)?;
+        opt.save(&tmp.join(checkpoint::OPTIMIZER_FILE))?;
+        checkpoint::write_file(tmp, checkpoint::RECIPE_FILE, s.recipe.to_toml().as_bytes())?;
+        let st = serde_json::to_string_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
+        checkpoint::write_file(tmp, checkpoint::STATE_FILE, st.as_bytes())
+    })
+}
+
+struct Metrics {
+    file: Option<std::fs::File>,
+}
+
+impl Metrics {
+    /// Opens `metrics.jsonl`; on resume, drops records written after the resumed update (they
+    /// belong to the interrupted run's lost tail and will be produced again).
+    fn open(path: &Path, resume_update: Option<u64>) -> Result<Self> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let keep = match (resume_update, std::fs::read_to_string(path)) {
+            (Some(u), Ok(text)) => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("update").and_then(|x| x.as_u64()))
+                        .is_some_and(|x| x <= u)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+            _ => String::new(),
+        };
+        std::fs::write(path, keep).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(Metrics { file: Some(file) })
+    }
+
+    fn log(&mut self, v: serde_json::Value) {
+        if let Some(f) = &mut self.file {
+            // Metrics are advisory: a full disk must not kill the run here (checkpoints report it).
+            let _ = writeln!(f, "{v}");
+        }
+    }
+}
+
+/// Loads and filters both splits. Reports the counts (never silent).
+fn load_data(r: &Recipe) -> Result<(Vec<RawPair>, DataStats, Vec<RawPair>, DataStats)> {
+    let (train, ts) = data::read_split(&r.data.train, &r.data, "train")?;
+    let (valid, vs) = data::read_split(&r.data.valid, &r.data, "valid")?;
+    Ok((train, ts, valid, vs))
+}
+
+/// Runs (or resumes) the training job a recipe describes.
+pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
+    let say = |msg: &str| {
+        if !opts.quiet {
+            eprintln!("{msg}");
+        }
+    };
+    if r.training.threads > 0 {
+        // candle's CPU kernels read this when they first build their thread pool.
+        std::env::set_var("RAYON_NUM_THREADS", r.training.threads.to_string());
+    }
+    let out = &r.output_dir;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.clone(),
+        source,
+    })?;
+    let ck_dir = out.join("checkpoints");
+    let existing = checkpoint::list_checkpoints(&ck_dir)?;
+    let resume_from = if opts.resume {
+        match existing.last() {
+            Some((_, p)) => Some(p.clone()),
+            None => {
+                return Err(Error::Other(format!(
+                    "--resume: no complete checkpoint under {}",
+                    ck_dir.display()
+                )))
+            }
+        }
+    } else if !existing.is_empty() {
+        return Err(Error::Other(format!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another output_dir",
+            ck_dir.display()
+        )));
+    } else {
+        None
+    };
+
+    let (train_pairs, mut tstats, valid_pairs, mut vstats) = load_data(r)?;
+    let s = build_session(r, &train_pairs, resume_from.as_deref())?;
+    let max_len = r.data.max_len.min(s.cfg.max_position_embeddings);
+    let train_ex = prepare_examples(
+        &s,
+        &train_pairs,
+        &mut tstats,
+        max_len,
+        r.data.max_len_ratio,
+        r.data.max_sentences,
+    )?;
+    // Validation keeps every pair the model can take (no ratio filter); the limit is the recipe's.
+    let mut valid_ex = Vec::new();
+    let mut valid_refs = Vec::new();
+    {
+        let lim = r.validation.max_sentences;
+        let mut kept_pairs = Vec::new();
+        for p in &valid_pairs {
+            if lim > 0 && kept_pairs.len() >= lim {
+                vstats.beyond_limit += 1;
+                continue;
+            }
+            let src = s.tokenizer.encode_source(&p.source).map_err(ext)?;
+            let tgt = s.tokenizer.encode_target(&p.target).map_err(ext)?;
+            if src.len() > s.cfg.max_position_embeddings
+                || tgt.len() > s.cfg.max_position_embeddings
+            {
+                vstats.too_long += 1;
+                continue;
+            }
+            valid_ex.push(Example {
+                source: src,
+                target: tgt,
+            });
+            kept_pairs.push(p);
+        }
+        vstats.kept = valid_ex.len();
+        valid_refs.extend(kept_pairs.iter().map(|p| p.target.clone()));
+    }
+    say(&format!("train: {tstats}"));
+    say(&format!("valid: {vstats}"));
+    if train_ex.is_empty() {
+        return Err(Error::NoData {
+            what: "data.train".into(),
+            stats: tstats.to_string(),
+        });
+    }
+
+    let criterion = make_criterion(r, s.tokenizer.pad_id())?;
+    let mut vars = s
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Other("variable map poisoned".into()))?
+        .clone();
+    // transformers keeps final_logits_bias as a frozen buffer (all zeros in Marian): so do we.
+    vars.retain(|k, _| k != "final_logits_bias");
+    let mut opt = AdamW::new(&vars, &r.optimizer)?;
+    let n_params: usize = vars.values().map(|v| v.as_tensor().elem_count()).sum();
+    drop(vars);
+    let mut state = TrainerState {
+        shuffle_seed: r.seed,
+        ..Default::default()
+    };
+    let mut dropout = DropoutRng::new(r.seed.wrapping_add(0x0d0d));
+    if let Some(dir) = &resume_from {
+        state = checkpoint::read_state(dir)?;
+        opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+        dropout = DropoutRng::from_state(
+            serde_json::from_value(state.dropout_rng.clone()).map_err(|e| Error::Checkpoint {
+                path: dir.clone(),
+                message: format!("dropout_rng: {e}"),
+            })?,
+        );
+        say(&format!(
+            "resuming from {} (update {}, epoch {})",
+            dir.display(),
+            state.update,
+            state.epoch + 1
+        ));
+    }
+    say(&format!(
+        "model: {} parameters, vocab {}, d_model {}, {}+{} layers; criterion {:?} (alpha {}), device {}",
+        n_params,
+        s.tokenizer.vocab_size(),
+        s.cfg.d_model,
+        s.cfg.encoder_layers,
+        s.cfg.decoder_layers,
+        r.criterion.kind,
+        r.criterion.alpha,
+        r.device
+    ));
+    let mut metrics = Metrics::open(
+        &out.join("metrics.jsonl"),
+        resume_from.as_ref().map(|_| state.update),
+    )?;
+
+    let pad = s.tokenizer.pad_id();
+    let start = s.cfg.decoder_start_token_id;
+    let plan_for = |epoch: u64| {
+        data::epoch_batches(&train_ex, r.batching.max_tokens, state.shuffle_seed, epoch)
+    };
+    let mut plan = plan_for(state.epoch);
+    let total = if r.training.max_updates > 0 {
+        r.training.max_updates
+    } else {
+        r.training.max_epochs * (plan.len() as u64).div_ceil(r.batching.update_freq as u64)
+    };
+    let pb = if opts.progress && !opts.quiet {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_position(state.update);
+    let log_line = |pb: &ProgressBar, msg: String| {
+        if opts.quiet {
+        } else if pb.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            pb.println(msg);
+        }
+    };
+
+    let mut last_dir = resume_from.clone().unwrap_or_default();
+    let mut last_valid: Option<Validation> = None;
+    let mut stopped_early = false;
+    let (mut win_loss, mut win_ce, mut win_kl, mut win_nll, mut win_tok, mut win_n) =
+        (0f64, 0f64, 0f64, 0f64, 0u64, 0u64);
+    let mut win_start = Instant::now();
+    let mut saved_at = state.update;
+    let mut validated_at = if resume_from.is_some() {
+        state.update
+    } else {
+        u64::MAX
+    };
+    let done_epochs =
+        |st: &TrainerState| r.training.max_epochs > 0 && st.epoch >= r.training.max_epochs;
+    let done_updates =
+        |st: &TrainerState| r.training.max_updates > 0 && st.update >= r.training.max_updates;
+
+    while !done_updates(&state) && !done_epochs(&state) {
+        let mut acc: Option<Grads> = None;
+        let mut ntok = 0usize;
+        let mut nonfinite = false;
+        let (mut u_loss, mut u_ce, mut u_kl, mut u_nll) = (0f64, 0f64, 0f64, 0f64);
+        let mut epoch_ended = false;
+        for _ in 0..r.batching.update_freq {
+            if state.next_batch >= plan.len() {
+                state.epoch += 1;
+                state.next_batch = 0;
+                epoch_ended = true;
+                if done_epochs(&state) {
+                    break;
+                }
+                plan = plan_for(state.epoch);
+            }
+            let b = data::make_batch(&train_ex, &plan[state.next_batch], pad, start, &s.device)?;
+            state.next_batch += 1;
+            let parts = batch_loss(&s, criterion.as_ref(), &b, Mode::Train(&dropout))?;
+            let loss_sum = parts.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let attempt = state.update + state.nan_total + 1;
+            if !loss_sum.is_finite() || opts.fault_nan_updates.contains(&attempt) {
+                nonfinite = true;
+                continue;
+            }
+            let grads = parts.loss_sum.backward()?;
+            AdamW::accumulate(&mut acc, opt.grads_from(&grads))?;
+            ntok += parts.ntokens;
+            u_loss += loss_sum;
+            let ce_sums: Vec<f64> = parts
+                .ce_sum
+                .iter()
+                .map(|t| t.to_dtype(DType::F64).and_then(|t| t.to_scalar::<f64>()))
+                .collect::<candle_core::Result<_>>()?;
+            u_ce += ce_sums.iter().sum::<f64>() / ce_sums.len().max(1) as f64;
+            u_nll += parts.nll_sum[0].to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if let Some(kl) = &parts.kl_sum {
+                u_kl += kl.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+        }
+        if epoch_ended && done_epochs(&state) && acc.is_none() && !nonfinite {
+            break;
+        }
+        let Some(mut grads) = acc.filter(|_| !nonfinite) else {
+            state.nan_total += 1;
+            state.nan_consecutive += 1;
+            log_line(
+                &pb,
+                format!(
+                    "update {}: loss is NaN/inf, update skipped ({} in a row, {} in total)",
+                    state.update + 1,
+                    state.nan_consecutive,
+                    state.nan_total
+                ),
+            );
+            metrics.log(serde_json::json!({"kind": "nan_skip", "update": state.update, "nan_total": state.nan_total}));
+            if state.nan_consecutive > r.nan.max_consecutive || state.nan_total > r.nan.max_total {
+                pb.finish_and_clear();
+                let kept = if last_dir.as_os_str().is_empty() {
+                    "no checkpoint was written yet".to_string()
+                } else {
+                    format!("the last good checkpoint is {}", last_dir.display())
+                };
+                return Err(Error::NonFinite {
+                    message: format!(
+                        "loss was NaN/inf in {} consecutive updates ({} in total; limits nan.max_consecutive = {}, nan.max_total = {}); stopping at update {}: {kept}",
+                        state.nan_consecutive, state.nan_total, r.nan.max_consecutive, r.nan.max_total, state.update
+                    ),
+                });
+            }
+            continue;
+        };
+        state.nan_consecutive = 0;
+        optim::scale_grads(&mut grads, 1.0 / ntok.max(1) as f64)?;
+        let gnorm = optim::clip_grad_norm(&mut grads, r.optimizer.clip_norm)?;
+        let lr = optim::learning_rate(
+            &r.schedule,
+            r.optimizer.lr,
+            r.training.max_updates,
+            state.update + 1,
+        );
+        opt.step(&grads, lr)?;
+        state.update += 1;
+        state.tokens_seen += ntok as u64;
+        let n = ntok.max(1) as f64;
+        win_loss += u_loss;
+        win_ce += u_ce;
+        win_kl += u_kl;
+        win_nll += u_nll;
+        win_tok += ntok as u64;
+        win_n += 1;
+        pb.set_position(state.update);
+        let kl_txt = if r.criterion.kind == CriterionKind::Rdrop {
+            format!(" kl {:.4}", u_kl / n)
+        } else {
+            String::new()
+        };
+        pb.set_message(format!(
+            "{:.0} tok/s loss {:.3} ce {:.3}{kl_txt} lr {:.2e}",
+            win_tok as f64 / win_start.elapsed().as_secs_f64().max(1e-9),
+            u_loss / n,
+            u_ce / n,
+            lr
+        ));
+        if r.training.log_every > 0 && state.update.is_multiple_of(r.training.log_every) {
+            let wn = win_tok.max(1) as f64;
+            let secs = win_start.elapsed().as_secs_f64();
+            let rec = serde_json::json!({
+                "kind": "train", "update": state.update, "epoch": state.epoch + 1,
+                "loss": win_loss / wn, "ce": win_ce / wn, "nll": win_nll / wn,
+                "kl": if r.criterion.kind == CriterionKind::Rdrop { Some(win_kl / wn) } else { None },
+                "lr": lr, "grad_norm": gnorm, "tokens_per_s": wn / secs.max(1e-9),
+                "updates_in_window": win_n, "tokens_seen": state.tokens_seen,
+            });
+            log_line(&pb, format!(
+                "update {:>6} epoch {:>3} | loss {:.4} ce {:.4}{} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s",
+                state.update, state.epoch + 1, win_loss / wn, win_ce / wn,
+                if r.criterion.kind == CriterionKind::Rdrop { format!(" kl {:.4}", win_kl / wn) } else { String::new() },
+                lr, gnorm, wn / secs.max(1e-9)
+            ));
+            metrics.log(rec);
+            (win_loss, win_ce, win_kl, win_nll, win_tok, win_n) = (0.0, 0.0, 0.0, 0.0, 0, 0);
+            win_start = Instant::now();
+        }
+
+        let last_update = done_updates(&state)
+            || (r.training.max_epochs > 0
+                && state.epoch + 1 >= r.training.max_epochs
+                && state.next_batch >= plan.len());
+        let want_valid = (r.validation.every_updates > 0
+            && state.update.is_multiple_of(r.validation.every_updates))
+            || (epoch_ended && r.validation.every_epoch)
+            || last_update;
+        if want_valid && validated_at != state.update {
+            validated_at = state.update;
+            let t0 = Instant::now();
+            let v = validate(&s, &valid_ex, &valid_refs, r.validation.bleu)?;
+            let improved = match (v.bleu, state.best_bleu) {
+                (Some(b), Some(best)) => b > best,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if improved {
+                state.best_bleu = v.bleu;
+                state.best_update = Some(state.update);
+                state.bad_validations = 0;
+            } else if v.bleu.is_some() {
+                state.bad_validations += 1;
+            }
+            log_line(
+                &pb,
+                format!(
+                    "valid at update {}: loss {:.4} nll {:.4}{}{} ({:.1}s)",
+                    state.update,
+                    v.loss,
+                    v.nll,
+                    v.bleu.map(|b| format!(" BLEU {b:.2}")).unwrap_or_default(),
+                    if improved { " (best)" } else { "" },
+                    t0.elapsed().as_secs_f64()
+                ),
+            );
+            metrics.log(serde_json::json!({
+                "kind": "valid", "update": state.update, "epoch": state.epoch + 1,
+                "loss": v.loss, "nll": v.nll, "bleu": v.bleu, "best_bleu": state.best_bleu,
+                "sentences": v.sentences,
+            }));
+            if improved {
+                state.dropout_rng = serde_json::to_value(dropout.state())
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                save_checkpoint(&s, &opt, &state, &out.join("best"))?;
+            }
+            last_valid = Some(v);
+            if r.validation.patience > 0 && state.bad_validations >= r.validation.patience {
+                log_line(&pb, format!(
+                    "early stop: no BLEU improvement in {} validations (best {:.2} at update {})",
+                    state.bad_validations, state.best_bleu.unwrap_or(0.0), state.best_update.unwrap_or(0)
+                ));
+                stopped_early = true;
+            }
+        }
+        let want_save = (r.checkpoint.every_updates > 0
+            && state.update.is_multiple_of(r.checkpoint.every_updates))
+            || (epoch_ended && r.checkpoint.every_updates == 0)
+            || last_update
+            || stopped_early;
+        if want_save && saved_at != state.update {
+            saved_at = state.update;
+            state.dropout_rng =
+                serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
+            let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
+            save_checkpoint(&s, &opt, &state, &dest)?;
+            checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
+            last_dir = dest;
+        }
+        if stopped_early {
+            break;
+        }
+    }
+    // Epoch limits can end the loop between updates: make sure the final state is on disk.
+    if saved_at != state.update || last_dir.as_os_str().is_empty() {
+        state.dropout_rng =
+            serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
+        let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
+        save_checkpoint(&s, &opt, &state, &dest)?;
+        checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
+        last_dir = dest;
+    }
+    pb.finish_and_clear();
+    let best_dir = checkpoint::complete_dir(&out.join("best")).unwrap_or_else(|| last_dir.clone());
+    Ok(Summary {
+        updates: state.update,
+        epochs: state.epoch,
+        best_bleu: state.best_bleu,
+        best_update: state.best_update,
+        best_dir,
+        last_dir,
+        train_stats: tstats,
+        valid_stats: vstats,
+        nan_skipped: state.nan_total,
+        stopped_early,
+        last_valid,
+    })
+}

@@ -1,0 +1,187 @@
+//! `rdrop train` and `rdrop average` from the command line: recipe errors name the key and the file,
+//! bad corpora name the file and line, skips are counted, a killed save keeps the previous
+//! checkpoint and `--resume` continues, averaging writes a model.
+
+mod common;
+
+use common::Sandbox;
+use rdrop_train::synthetic::{generate, Sizes};
+
+/// A tiny corpus (`data/train.*`, `data/valid.*`) and a recipe for a seconds-long run.
+fn tiny_run(sb: &Sandbox, extra: &str) -> std::path::PathBuf {
+    for (name, pairs) in generate(
+        9,
+        Sizes {
+            train: 120,
+            valid: 8,
+            test: 1,
+        },
+    ) {
+        let de: String = pairs.iter().map(|p| format!("{}\n", p.0)).collect();
+        let en: String = pairs.iter().map(|p| format!("{}\n", p.1)).collect();
+        sb.write(&format!("data/{name}.de"), de);
+        sb.write(&format!("data/{name}.en"), en);
+    }
+    sb.write(
+        "tiny.toml",
+        format!(
+            r#"output_dir = "run"
+[model.arch]
+d_model = 16
+encoder_layers = 1
+decoder_layers = 1
+heads = 2
+ffn_dim = 32
+max_positions = 64
+[tokenizer]
+vocab_size = 120
+[data]
+train = {{ source = "data/train.de", target = "data/train.en" }}
+valid = {{ source = "data/valid.de", target = "data/valid.en" }}
+max_len = 60
+[batching]
+max_tokens = 400
+[training]
+max_updates = 6
+max_epochs = 0
+log_every = 2
+[validation]
+every_updates = 0
+every_epoch = false
+bleu = false
+[checkpoint]
+every_updates = 2
+keep_last = 0
+{extra}"#
+        ),
+    )
+}
+
+#[test]
+fn unknown_recipe_key_names_the_key_and_the_file() {
+    let sb = Sandbox::new();
+    sb.write("bad.toml", "[optimizer]\nlearning_rate = 0.1\n");
+    let err = sb.rdrop().args(["train", "bad.toml"]).fails();
+    assert!(
+        err.contains("bad.toml") && err.contains("learning_rate"),
+        "{err}"
+    );
+    let err = sb
+        .rdrop()
+        .args(["train", "--set", "optimiser.lr=1", "--print-recipe"])
+        .fails();
+    assert!(err.contains("optimiser") && err.contains("--set"), "{err}");
+}
+
+#[test]
+fn print_recipe_shows_defaults_and_overrides() {
+    let sb = Sandbox::new();
+    let out = sb
+        .rdrop()
+        .args(["train", "--print-recipe", "--set", "criterion.alpha=0.5"])
+        .ok();
+    assert!(out.contains("alpha = 0.5"), "{out}");
+    assert!(
+        out.contains("[optimizer]") && out.contains("beta2 = 0.98"),
+        "{out}"
+    );
+}
+
+#[test]
+fn misaligned_and_invalid_utf8_corpora_are_named() {
+    let sb = Sandbox::new();
+    tiny_run(&sb, "");
+    sb.write("data/short.en", "one\ntwo\n");
+    let err = sb
+        .rdrop()
+        .args([
+            "train",
+            "tiny.toml",
+            "--set",
+            "data.train.target=data/short.en",
+        ])
+        .fails();
+    assert!(
+        err.contains("data/train.de has 120 lines") && err.contains("data/short.en has 2"),
+        "{err}"
+    );
+    sb.write("data/bad.de", b"gut\nschl\xe4cht\n");
+    sb.write("data/bad.en", "good\nbad\n");
+    let err = sb
+        .rdrop()
+        .args([
+            "train",
+            "tiny.toml",
+            "--set",
+            "data.train.source=data/bad.de",
+            "--set",
+            "data.train.target=data/bad.en",
+        ])
+        .fails();
+    assert!(err.contains("data/bad.de:2: invalid UTF-8"), "{err}");
+}
+
+#[test]
+fn killed_save_keeps_the_previous_checkpoint_resume_and_average() {
+    let sb = Sandbox::new();
+    tiny_run(&sb, "");
+    // Two empty pairs: counted and reported.
+    let mut de = std::fs::read_to_string(sb.path().join("data/train.de")).unwrap();
+    let mut en = std::fs::read_to_string(sb.path().join("data/train.en")).unwrap();
+    de.push_str("\nNur Quelle.\n");
+    en.push_str("Only target.\n\n");
+    sb.write("data/train.de", de);
+    sb.write("data/train.en", en);
+
+    let out = sb
+        .rdrop()
+        .args(["train", "tiny.toml"])
+        .env("RDROP_FAULT_SAVE", "2")
+        .output();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("122 pairs read") && stderr.contains("2 empty"),
+        "{stderr}"
+    );
+    let ck = sb.path().join("run/checkpoints");
+    assert!(ck.join("update_00000002/trainer_state.json").is_file());
+    assert!(ck.join("update_00000002/model.safetensors").is_file());
+    assert!(
+        !ck.join("update_00000004").exists(),
+        "the interrupted save must not appear complete"
+    );
+
+    let err = sb.rdrop().args(["train", "tiny.toml"]).fails();
+    assert!(err.contains("--resume"), "{err}");
+    let out = sb.rdrop().args(["train", "tiny.toml", "--resume"]).ok();
+    assert!(out.contains("trained 6 updates"), "{out}");
+    for u in [2, 4, 6] {
+        assert!(ck
+            .join(format!("update_{u:08}/optimizer.safetensors"))
+            .is_file());
+    }
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("update_00000006/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["update"], 6);
+
+    let out = sb
+        .rdrop()
+        .args([
+            "average",
+            "--checkpoints",
+            "run",
+            "--last",
+            "2",
+            "--out",
+            "avg",
+        ])
+        .ok();
+    assert!(out.contains("averaged 2 checkpoints"), "{out}");
+    assert!(
+        sb.path().join("avg/model.safetensors").is_file()
+            && sb.path().join("avg/config.json").is_file()
+    );
+}
