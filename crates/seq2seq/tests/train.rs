@@ -208,3 +208,53 @@ fn the_train_flag_reaches_attention_and_activation_dropout() {
         assert!(diff > 1e-3, "{key} has no effect in train mode");
     }
 }
+
+/// Timing of one training step at the size the project's speed notes use (d_model 256, 4 heads, 3+3
+/// layers, ffn 1024, vocab 8000, batch 32 x 32, dropout 0.1). Not a check: run it with
+/// `cargo test --release -p rdrop-seq2seq --test train -- --ignored --nocapture step_timing`.
+#[test]
+#[ignore]
+fn step_timing() {
+    use std::time::Instant;
+    let cfg = Config::from_json_str(
+        r#"{"vocab_size": 8000, "d_model": 256, "encoder_layers": 3, "decoder_layers": 3,
+            "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 1024,
+            "decoder_ffn_dim": 1024, "pad_token_id": 7999, "decoder_start_token_id": 7999,
+            "activation_function": "swish", "scale_embedding": true, "max_position_embeddings": 512}"#,
+        std::path::Path::new("inline"),
+    )
+    .expect("config");
+    let varmap = candle_nn::VarMap::new();
+    let model = MarianModel::new(
+        &cfg,
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .expect("model");
+    let (b, t) = (32usize, 32usize);
+    let ids: Vec<u32> = (0..b * t).map(|i| (i * 7919 % 7990) as u32 + 2).collect();
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu).expect("ids");
+    let mask = Tensor::ones((b, t), DType::U32, &Device::Cpu).expect("mask");
+    let rng = DropoutRng::new(0);
+    for step in 0..4 {
+        let t0 = Instant::now();
+        let logits = model
+            .forward(&ids, &mask, &ids, Mode::Train(&rng))
+            .expect("forward");
+        let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).expect("lsm");
+        let loss = lp
+            .gather(&ids.unsqueeze(2).expect("u"), 2)
+            .expect("g")
+            .sum_all()
+            .expect("s")
+            .neg()
+            .expect("n");
+        let t1 = Instant::now();
+        let _grads = loss.backward().expect("backward");
+        let t2 = Instant::now();
+        println!(
+            "step {step}: forward {:.3}s backward {:.3}s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64()
+        );
+    }
+}
