@@ -52,8 +52,9 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 
 /// Like [`resolve`], also naming the weights file. A path to a file selects that file as the weights.
 ///
-/// Hub ids use the cache in `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`; with
-/// `HF_HUB_OFFLINE=1` only the cache is consulted.
+/// Hub ids use the cache in `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`. A
+/// revision whose config and weights are cached is used without a request; otherwise the files are
+/// downloaded, unless `HF_HUB_OFFLINE=1`, which gives [`Error::NotCached`].
 pub fn locate(model: &str) -> Result<Checkpoint> {
     let path = Path::new(model);
     if path.is_dir() {
@@ -78,6 +79,10 @@ pub fn locate(model: &str) -> Result<Checkpoint> {
     let cache = hub_cache_dir();
     if offline() {
         return from_cache(model, &cache, repo_id, revision);
+    }
+    // A complete cached copy is used as is: no request, so no wait on a slow or absent network.
+    if let Ok(found) = from_cache(model, &cache, repo_id, revision) {
+        return Ok(found);
     }
     download(model, &cache, repo_id, revision)
 }

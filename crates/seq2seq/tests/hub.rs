@@ -78,6 +78,18 @@ fn hub_ids_resolve_through_the_cache_offline() {
     ));
     std::env::remove_var("HF_HUB_CACHE");
 
+    // Online, a complete cached copy is used without a request; a missing model is fetched, and a
+    // failed fetch names the model and file (the endpoint refuses connections).
+    std::env::remove_var("HF_HUB_OFFLINE");
+    std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
+    checkpoint::resolve("tiny-org/opus-tiny").expect("cached copy used online");
+    match checkpoint::resolve("tiny-org/not-there") {
+        Err(e @ Error::Hub { .. }) => assert!(e.to_string().contains("config.json"), "{e}"),
+        other => panic!("expected a hub error, got {other:?}"),
+    }
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    std::env::remove_var("HF_ENDPOINT");
+
     // Neither a path nor a hub id.
     assert!(matches!(
         checkpoint::resolve("./no/such/dir"),
