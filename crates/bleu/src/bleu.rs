@@ -316,7 +316,14 @@ impl Metric for Bleu {
                         .tokenizer
                         .tokenize_into(py_rstrip(&lowered), tok);
                     let refs = &self.refs[i * self.nrefs..(i + 1) * self.nrefs];
-                    segment_stats(tok, refs, self.config.max_ngram_order, ids, row);
+                    segment_stats(
+                        tok,
+                        refs,
+                        self.config.max_ngram_order,
+                        self.config.tokenizer,
+                        ids,
+                        row,
+                    );
                 },
             );
         Ok(SegmentStats { width, data })
@@ -374,7 +381,14 @@ fn closest_ref_len(hyp_len: u64, ref_lens: impl Iterator<Item = u64>) -> u64 {
 }
 
 /// Fills `row = [hyp_len, ref_len, correct.., total..]` for one segment of tokenized text.
-fn segment_stats(hyp: &str, refs: &[String], max_n: usize, ids: &mut Vec<u32>, row: &mut [u64]) {
+fn segment_stats(
+    hyp: &str,
+    refs: &[String],
+    max_n: usize,
+    tokenizer: Tokenizer,
+    ids: &mut Vec<u32>,
+    row: &mut [u64],
+) {
     // Token ids local to the segment keep n-gram keys small and exact.
     let bytes = hyp.len() + refs.iter().map(String::len).sum::<usize>();
     let mut vocab: FxHashMap<&str, u32> =
@@ -383,7 +397,13 @@ fn segment_stats(hyp: &str, refs: &[String], max_n: usize, ids: &mut Vec<u32>, r
     let mut bounds = Vec::with_capacity(refs.len() + 2);
     bounds.push(0usize);
     for text in std::iter::once(hyp).chain(refs.iter().map(|s| s.as_str())) {
-        for t in py_split(text) {
+        // Tokenizer output is tokens joined by single spaces: no need to classify characters.
+        let tokens: Box<dyn Iterator<Item = &str>> = if tokenizer == Tokenizer::None {
+            Box::new(py_split(text))
+        } else {
+            Box::new(text.split(' ').filter(|t| !t.is_empty()))
+        };
+        for t in tokens {
             let next = vocab.len() as u32;
             ids.push(*vocab.entry(t).or_insert(next));
         }

@@ -42,7 +42,7 @@ pub struct PySplit<'a> {
 
 /// Length of the Python whitespace character starting at byte `i`, or 0.
 #[inline]
-fn space_len(b: &[u8], i: usize) -> usize {
+pub(crate) fn space_len(b: &[u8], i: usize) -> usize {
     let c = b[i];
     if c < 0x80 {
         return usize::from(matches!(c, b'\t'..=b'\r' | 0x1c..=0x20));

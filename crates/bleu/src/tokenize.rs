@@ -177,11 +177,30 @@ fn post_tokenize(mut a: Vec<u8>, out: &mut String) {
         }
     }
     a.extend_from_slice(&b[copied..]);
-    // Spaces were only inserted at character boundaries, so the bytes are still UTF-8.
-    match std::str::from_utf8(&a) {
-        Ok(s) => join_strs(py_split(s), out),
-        Err(_) => join_strs(py_split(&String::from_utf8_lossy(&a)), out),
+    // ' '.join(line.split()) on bytes: whole whitespace characters are dropped, all other bytes
+    // copied, so the result is UTF-8 whenever the input was (spaces went in at character boundaries).
+    let mut v = std::mem::take(out).into_bytes();
+    v.clear();
+    let mut i = 0;
+    let mut gap = false;
+    while i < a.len() {
+        match crate::text::space_len(&a, i) {
+            0 => {
+                if gap && !v.is_empty() {
+                    v.push(b' ');
+                }
+                gap = false;
+                v.push(a[i]);
+                i += 1;
+            }
+            n => {
+                gap = true;
+                i += n;
+            }
+        }
     }
+    *out =
+        String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
 }
 
 /// Positions of `x` or `y` in `hay`, in order.
