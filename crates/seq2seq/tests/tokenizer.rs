@@ -271,7 +271,7 @@ fn empty_directory_is_not_found() {
 #[test]
 fn decoding_an_id_outside_every_vocabulary_is_an_error() {
     let (_d, tok) = load_fixture("synth_joint");
-    let e = tok.decode(&[5, 1_000_000]).err().expect("an error");
+    let e = tok.decode(&[5, 1_000_000]).expect_err("an error");
     assert!(
         matches!(e, TokenizerError::IdOutOfRange { id: 1_000_000, .. }),
         "{e:?}"

@@ -114,7 +114,7 @@ impl CharsMap {
     fn parse(blob: &[u8]) -> Option<Self> {
         let size = u32::from_le_bytes(blob.get(..4)?.try_into().ok()?) as usize;
         let trie = blob.get(4..4usize.checked_add(size)?)?;
-        if size % 4 != 0 || size == 0 {
+        if size & 3 != 0 || size == 0 {
             return None;
         }
         let units = trie
