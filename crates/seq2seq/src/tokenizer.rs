@@ -111,6 +111,23 @@ pub struct MarianTokenizer {
     vocab_size: usize,
 }
 
+impl std::fmt::Debug for MarianTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.inner {
+            Inner::Joint(_) => "tokenizer.json",
+            Inner::Spm(s) if s.separate_vocabs => "spm, separate vocabularies",
+            Inner::Spm(_) => "spm, joint vocabulary",
+        };
+        f.debug_struct("MarianTokenizer")
+            .field("kind", &kind)
+            .field("vocab_size", &self.vocab_size)
+            .field("eos_id", &self.eos_id)
+            .field("unk_id", &self.unk_id)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}
+
 #[derive(Clone)]
 enum Inner {
     Joint(Box<Tokenizer>),

@@ -262,9 +262,7 @@ fn bad_json_is_an_error_naming_the_file() {
 #[test]
 fn empty_directory_is_not_found() {
     let dir = tempfile::tempdir().unwrap();
-    let e = MarianTokenizer::from_dir(dir.path())
-        .err()
-        .expect("an error");
+    let e = MarianTokenizer::from_dir(dir.path()).expect_err("an error");
     assert!(matches!(e, TokenizerError::NotFound { .. }), "{e:?}");
 }
 
@@ -379,7 +377,6 @@ fn train_joint_names_a_missing_file() {
         TokenizerKind::Bpe,
         100,
     )
-    .err()
-    .expect("an error");
+    .expect_err("an error");
     assert!(e.to_string().contains("/nonexistent/corpus.txt"), "{e}");
 }
