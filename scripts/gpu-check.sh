@@ -4,7 +4,8 @@
 #
 #   On the build machine (no GPU needed):
 #     scripts/build-cuda.sh --tests      # dist/gpu/cuda-tests.tar.xz: rdrop + the library test binaries
-#     scripts/gpu-check.sh --prepare     # + dist/gpu/peers/ (the PyTorch peer's model maker); prints sizes
+#     scripts/gpu-check.sh --prepare     # + dist/gpu/peers/ (the PyTorch peer's model maker) and the
+#                                        #   opus-size tokenizer (~2 min); prints sizes and the run call
 #   On the GPU machine, from the repository root, with dist/gpu/ beside it:
 #     OUT=/some/dir scripts/gpu-check.sh # results: $OUT/gpu-check.json, logs: $OUT/gpu-check.log
 #
@@ -18,8 +19,8 @@
 #     instead); tests/cuda.rs of seq2seq compares CPU and CUDA logits (f32, within 1e-3) on the
 #     fixture checkpoints and the gradients of a training loss; rdrop-loss's compares the criteria.
 #  2. training throughput, R-Drop (alpha 5, label smoothing 0.1, AdamW), on an opus-mt-sized Marian
-#     (d_model 512, 8 heads, 6+6 layers, ffn 2048, vocab 58101, random init, made here by
-#     ../shared/peers/make_tiny_marian.py --preset opus): PyTorch + transformers
+#     (d_model 512, 8 heads, 6+6 layers, ffn 2048, vocab 58101, random init, made there by
+#     ../shared/peers/make_tiny_marian.py --preset opus, tokenizer made by --prepare): PyTorch + transformers
 #     (scripts/cuda/bench_train_cuda.py) and `rdrop train --device cuda` on the same checkpoint, batches
 #     of 64 sentence pairs of 58-64 tokens (~4096 padded tokens), f32 and bf16. Tokens/s = non-pad
 #     target tokens of the original (undoubled) batch per second; peak GPU memory from torch's
@@ -51,6 +52,17 @@ if [ "${1:-}" = "--prepare" ]; then
   peers=${PEERS:-$repo/../shared/peers}
   mkdir -p "$gpu/peers"
   cp "$peers/make_tiny_marian.py" "$gpu/peers/"
+  # The opus-size model's tokenizer (sentencepiece trained on synthetic text; it depends only on
+  # the vocab size and seed), made here so the GPU's minutes go to the GPU: a 1-layer stand-in model
+  # with the same vocab gives the same files.
+  if [ ! -f "$gpu/opus-tokenizer/vocab.json" ]; then
+    PY=$(bash "$repo/scripts/py-env.sh")/bin/python
+    tmp=$(mktemp -d)
+    "$PY" "$peers/make_tiny_marian.py" --preset opus --d-model 8 --heads 1 --layers 1 --ffn 8 --out "$tmp/m" >/dev/null
+    mkdir -p "$gpu/opus-tokenizer"
+    cp "$tmp"/m/{source.spm,target.spm,vocab.json,tokenizer_config.json} "$gpu/opus-tokenizer/"
+    rm -rf "$tmp"
+  fi
   tracked=$(git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
   echo "carry: dist/gpu = $(du -sh "$gpu" | cut -f1), tracked tree = $tracked (limit: 64 MiB together)"
   echo "run:   run(command=\"bash scripts/gpu-check.sh\", carry=[\"dist/gpu\"], timeout_s=540)"
@@ -142,8 +154,13 @@ result tests "${tests_json%,}]"
 say "stage 2: training throughput"
 model=$W/opus
 # PRESET=tiny makes a small model instead: only to try this script out.
-stage 180 "$PY" "$gpu/peers/make_tiny_marian.py" --preset "${PRESET:-opus}" --out "$model" ||
-  say "  could not make the opus-size model"
+if [ "${PRESET:-opus}" = opus ] && [ -f "$gpu/opus-tokenizer/vocab.json" ]; then
+  stage 180 "$PY" "$gpu/peers/make_tiny_marian.py" --preset opus --no-tokenizer --out "$model" &&
+    cp "$gpu"/opus-tokenizer/* "$model/"
+else
+  stage 240 "$PY" "$gpu/peers/make_tiny_marian.py" --preset "${PRESET:-opus}" --out "$model"
+fi
+[ -f "$model/vocab.json" ] || say "  could not make the opus-size model"
 B=64 L=64 MINF=0.9 STEPS=30 WARM=5
 smi_peak() { # runs "$@" while sampling GPU memory; prints the peak above idle (MiB) to $W/peak
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$W/smi.log" 2>/dev/null &
@@ -241,13 +258,16 @@ if [ -f "$model/config.json" ]; then
   "$PY" scripts/cuda/gpu_check_util.py ids "$W/src.ids" 1024 20 "$vocab" 7
   tr_json="["
   for beam in 1 4; do
+    rm -f "$W/hyp.ids"
     s=$(date +%s.%N)
     stage 120 "$rdrop" translate --model "$model" --device cuda --token-ids --input "$W/src.ids" \
       --output "$W/hyp.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 128 --quiet
     rc=$?
     e=$(date +%s.%N)
+    [ $rc -ne 0 ] && rm -f "$W/hyp.ids"
     secs=$("$PY" -c "print(round($e - $s, 3))")
-    lines=$(wc -l <"$W/hyp.ids" 2>/dev/null || echo 0)
+    lines=0
+    [ -f "$W/hyp.ids" ] && lines=$(wc -l <"$W/hyp.ids")
     say "  beam $beam: rc $rc, $lines lines in ${secs}s"
     tr_json+="{\"beam\":$beam,\"rc\":$rc,\"sentences\":$lines,\"new_tokens_each\":32,\"wall_s\":$secs,\"sent_per_s\":$("$PY" -c "print(round($lines / max($secs, 1e-9), 1))")},"
   done
