@@ -11,10 +11,14 @@ STEPS=${STEPS:-20}
 PEERS=../shared/peers
 mkdir -p "$OUT"
 PY=$(bash scripts/py-env.sh)/bin/python
-MODEL="$OUT/tiny-marian"
+MODEL=${MODEL:-$OUT/tiny-marian}
 [ -f "$MODEL/config.json" ] || "$PY" "$PEERS/make_tiny_marian.py" --out "$MODEL" >&2
-cargo build --release -p rdrop-train --example bench_step >&2
-BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_step
+# BENCH_BIN: an already built bench_step (e.g. a dev build with CARGO_PROFILE_DEV_OPT_LEVEL=3).
+if [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release -p rdrop-train --example bench_step >&2
+  BENCH_BIN=${CARGO_TARGET_DIR:-target}/release/examples/bench_step
+fi
+BIN=$BENCH_BIN
 JSON="$OUT/bench_train.jsonl"
 : > "$JSON"
 export RAYON_NUM_THREADS=2 OMP_NUM_THREADS=2

@@ -12,6 +12,9 @@ use std::path::Path;
 /// The recipe compiled into the binary.
 pub const DEFAULT_RECIPE: &str = include_str!("../../../recipes/embedded-default.toml");
 
+/// Marks an output directory as made by the embedded run (so a rerun may replace it).
+const MARKER: &str = ".rdrop-embedded-default";
+
 /// Corpus sizes of the embedded run.
 pub const SIZES: Sizes = Sizes {
     train: 6000,
@@ -54,7 +57,33 @@ pub fn run(r: &Recipe, opts: &RunOptions) -> Result<Report> {
         .ok_or_else(|| Error::Other("embedded recipe: data.train.source has no directory".into()))?
         .to_path_buf();
     if !opts.resume {
+        // A rerun starts afresh, but only over a directory this run created (marked), never other data.
+        let out = &r.output_dir;
+        if out.exists() {
+            if !out.join(MARKER).is_file() {
+                return Err(Error::Other(format!(
+                    "{} exists and was not made by the embedded default run: remove it or pass --set output_dir=...",
+                    out.display()
+                )));
+            }
+            std::fs::remove_dir_all(out).map_err(|source| Error::Io {
+                path: out.clone(),
+                source,
+            })?;
+        }
         synthetic::write_corpus(&data_dir, 2021, SIZES)?;
+        std::fs::create_dir_all(out).map_err(|source| Error::Io {
+            path: out.clone(),
+            source,
+        })?;
+        std::fs::write(
+            out.join(MARKER),
+            "made by `rdrop train` (embedded default); safe to delete\n",
+        )
+        .map_err(|source| Error::Io {
+            path: out.join(MARKER),
+            source,
+        })?;
     }
     let test_src = data::read_lines(&data_dir.join("test.de"))?;
     let test_ref = data::read_lines(&data_dir.join("test.en"))?;
