@@ -1,8 +1,434 @@
-//! `rdrop translate` (not yet built).
+//! `rdrop translate`: greedy or beam search from text (or token ids) to text, in batches sorted by
+//! length, streaming when reading standard input.
+//!
+//! Input is read by a separate thread so decoding starts as soon as a line is there: from stdin each
+//! chunk holds what has arrived (one line when typing, many when piped); from `--input` chunks are
+//! filled up to `CHUNK_LINES` for better batches. Output keeps the input order, one line per input
+//! line (`nbest` lines with `--nbest N`).
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use anyhow::{bail, Context};
+use rdrop_seq2seq::generate::{self, GenerateConfig, Hypothesis};
+use rdrop_seq2seq::tokenizer::MarianTokenizer;
+
+/// Lines decoded together at most (sorting window); bounds memory on huge files.
+const CHUNK_LINES: usize = 20_000;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model: hub id (from the local hub cache), Hugging Face directory or rdrop checkpoint directory.
+    #[arg(long, short)]
+    pub model: String,
+    /// Read sentences from this file (one per line) instead of standard input; shows a progress bar.
+    #[arg(long, short)]
+    pub input: Option<PathBuf>,
+    /// Write translations to this file instead of standard output.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Beam size; 1 = greedy search. Default: `num_beams` of the model's generation_config.json, else 4.
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// Length penalty: hypotheses are ranked by sum(log p) / length^lenpen.
+    /// Default: the model's generation_config.json, else 1.0.
+    #[arg(long)]
+    pub lenpen: Option<f32>,
+    /// Write the N best hypotheses per sentence as `index ||| translation ||| score` (index from 0).
+    #[arg(long, default_value_t = 1)]
+    pub nbest: usize,
+    /// Length limit in new tokens = floor(a * source tokens + b) (with --max-len-b).
+    #[arg(long)]
+    pub max_len_a: Option<f32>,
+    /// See --max-len-a.
+    #[arg(long)]
+    pub max_len_b: Option<usize>,
+    /// One length limit for every sentence, in new tokens including `</s>` (transformers' max_new_tokens).
+    /// Default: max_length - 1 of the model's generation_config.json, else 2 * source tokens + 10.
+    #[arg(long, conflicts_with_all = ["max_len_a", "max_len_b"])]
+    pub max_new_tokens: Option<usize>,
+    /// Forbid `</s>` before this many tokens (transformers' min_new_tokens).
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
+    /// Forbid repeating any n-gram of this size (transformers' no_repeat_ngram_size; 0 = off).
+    #[arg(long)]
+    pub no_repeat_ngram: Option<usize>,
+    /// Batch size in source tokens (padded: sentences × longest).
+    #[arg(long, default_value_t = 4096)]
+    pub batch_tokens: usize,
+    /// At most this many sentences per batch.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Input and output lines are space-separated token ids instead of text (no tokenizer needed;
+    /// `</s>` is appended to sources that lack it, output ids include the final `</s>`).
+    #[arg(long)]
+    pub token_ids: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`rdrop translate` is not available yet")
+/// One input line as read: its 1-based number and text, or why it is not text.
+struct Line {
+    no: usize,
+    bytes: u64,
+    text: std::result::Result<String, String>,
+}
+
+enum Event {
+    Line(Line),
+    ReadError(io::Error),
+}
+
+fn spawn_reader(reader: Box<dyn Read + Send>, bound: usize) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::sync_channel(bound);
+    std::thread::spawn(move || {
+        let mut r = BufReader::with_capacity(1 << 16, reader);
+        let mut buf = Vec::new();
+        let mut no = 0usize;
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    no += 1;
+                    let mut end = buf.len();
+                    if buf[..end].ends_with(b"\n") {
+                        end -= 1;
+                    }
+                    if buf[..end].ends_with(b"\r") {
+                        end -= 1;
+                    }
+                    let text = match std::str::from_utf8(&buf[..end]) {
+                        Ok(s) => Ok(s.to_string()),
+                        Err(e) => Err(format!(
+                            "input line {no} is not valid UTF-8 (invalid byte at column {})",
+                            e.valid_up_to() + 1
+                        )),
+                    };
+                    if tx
+                        .send(Event::Line(Line {
+                            no,
+                            bytes: n as u64,
+                            text,
+                        }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Event::ReadError(e));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Turns input lines into source ids and back.
+enum Codec {
+    Text(Box<MarianTokenizer>),
+    Ids { eos: u32, vocab: usize },
+}
+
+impl Codec {
+    fn encode(&self, line: &str, no: usize) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Codec::Text(tok) => tok
+                .encode_source(line)
+                .with_context(|| format!("input line {no}: cannot tokenise")),
+            Codec::Ids { eos, vocab } => {
+                let mut ids = Vec::new();
+                for w in line.split_whitespace() {
+                    let id: u32 = w
+                        .parse()
+                        .ok()
+                        .filter(|&i: &u32| (i as usize) < *vocab)
+                        .with_context(|| {
+                            format!("input line {no}: `{w}` is not a token id below the vocabulary size {vocab}")
+                        })?;
+                    ids.push(id);
+                }
+                if ids.last() != Some(eos) {
+                    ids.push(*eos);
+                }
+                Ok(ids)
+            }
+        }
+    }
+
+    fn decode(&self, ids: &[u32]) -> anyhow::Result<String> {
+        match self {
+            Codec::Text(tok) => Ok(tok.decode(ids)?),
+            Codec::Ids { .. } => Ok(ids
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")),
+        }
+    }
+}
+
+/// Decoding settings: command-line flags over the model's generation_config.json over defaults.
+fn decoding_config(args: &Args, model_dir: Option<&Path>) -> anyhow::Result<GenerateConfig> {
+    let (mut cfg, file_max_new) = match model_dir {
+        Some(dir) => GenerateConfig::from_model_dir(dir)?,
+        None => (GenerateConfig::default(), None),
+    };
+    let has_gen_cfg = model_dir.is_some_and(|d| d.join("generation_config.json").is_file());
+    if !has_gen_cfg {
+        // No generation_config.json (e.g. a model trained here): opus-mt's settings.
+        cfg = GenerateConfig {
+            forced_eos: cfg.forced_eos,
+            ..GenerateConfig::default()
+        };
+    }
+    if let Some(b) = args.beam {
+        cfg.beam = b;
+    }
+    if let Some(l) = args.lenpen {
+        cfg.lenpen = l;
+    }
+    cfg.nbest = args.nbest;
+    if let Some(n) = args.min_new_tokens {
+        cfg.min_new_tokens = n;
+    }
+    if let Some(n) = args.no_repeat_ngram {
+        cfg.no_repeat_ngram = n;
+    }
+    if let Some(n) = args.max_new_tokens {
+        cfg.max_new_tokens = Some(n);
+    } else if args.max_len_a.is_some() || args.max_len_b.is_some() {
+        cfg.max_new_tokens = None;
+        cfg.max_len_a = args.max_len_a.unwrap_or(0.0);
+        cfg.max_len_b = args.max_len_b.unwrap_or(0);
+    } else if let Some(n) = file_max_new {
+        cfg.max_new_tokens = Some(n);
+    } else {
+        cfg.max_new_tokens = None;
+        cfg.max_len_a = 2.0;
+        cfg.max_len_b = 10;
+    }
+    if cfg.beam == 0 {
+        bail!("--beam must be at least 1");
+    }
+    if cfg.nbest == 0 || cfg.nbest > cfg.beam {
+        bail!(
+            "--nbest ({}) must be between 1 and the beam size ({})",
+            cfg.nbest,
+            cfg.beam
+        );
+    }
+    if cfg.max_new_tokens == Some(0) {
+        bail!("--max-new-tokens must be at least 1");
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.batch_tokens == 0 || args.batch_size == 0 {
+        bail!("--batch-tokens and --batch-size must be at least 1");
+    }
+    let device = rdrop_seq2seq::device::parse_device(&args.device)?;
+    let model_dir = rdrop_seq2seq::checkpoint::resolve(&args.model)
+        .with_context(|| format!("cannot find model `{}`", args.model))?;
+    let cfg = decoding_config(&args, Some(&model_dir))?;
+    let (model_cfg, model) =
+        rdrop_seq2seq::checkpoint::load(&args.model, candle_core::DType::F32, &device)
+            .with_context(|| format!("cannot load model `{}`", args.model))?;
+    let max_pos = model_cfg.max_position_embeddings;
+    let codec = if args.token_ids {
+        Codec::Ids {
+            eos: model_cfg.eos_token_id,
+            vocab: model_cfg.vocab_size,
+        }
+    } else {
+        Codec::Text(Box::new(
+            MarianTokenizer::from_dir(&model_dir).with_context(|| {
+                format!("cannot load the tokenizer of `{}`", model_dir.display())
+            })?,
+        ))
+    };
+
+    let (reader, file_len): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
+        Some(p) => {
+            let f = File::open(p).with_context(|| format!("cannot open input {}", p.display()))?;
+            let len = f.metadata().map(|m| m.len()).ok();
+            (Box::new(f), len)
+        }
+        None => (Box::new(io::stdin()), None),
+    };
+    let streaming = args.input.is_none();
+    let rx = spawn_reader(reader, CHUNK_LINES);
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(p) => {
+            Box::new(BufWriter::new(File::create(p).with_context(|| {
+                format!("cannot create output {}", p.display())
+            })?))
+        }
+        None => Box::new(BufWriter::new(io::stdout().lock())),
+    };
+    let progress = match file_len {
+        Some(len) if !args.quiet => {
+            let pb = indicatif::ProgressBar::new(len);
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise} < {eta_precise}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            Some(pb)
+        }
+        _ => None,
+    };
+
+    let mut warned_long = false;
+    let mut n_sent = 0usize;
+    loop {
+        // Gather a chunk: block for the first line, then take what is there (stdin) or fill up (file).
+        let mut chunk: Vec<Line> = Vec::new();
+        let mut read_error = None;
+        match rx.recv() {
+            Ok(Event::Line(l)) => chunk.push(l),
+            Ok(Event::ReadError(e)) => read_error = Some(e),
+            Err(_) => break,
+        }
+        while read_error.is_none() && chunk.len() < CHUNK_LINES {
+            let ev = if streaming {
+                match rx.try_recv() {
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(ev) => ev,
+                    Err(_) => break,
+                }
+            };
+            match ev {
+                Event::Line(l) => chunk.push(l),
+                Event::ReadError(e) => read_error = Some(e),
+            }
+        }
+        // Lines before a bad one are still translated and written.
+        let bad = chunk.iter().position(|l| l.text.is_err());
+        let good = &chunk[..bad.unwrap_or(chunk.len())];
+        let mut srcs: Vec<Option<Vec<u32>>> = Vec::with_capacity(good.len());
+        for l in good {
+            let text = l.text.as_deref().unwrap_or("");
+            if text.trim().is_empty() {
+                srcs.push(None);
+                continue;
+            }
+            let mut ids = codec.encode(text, l.no)?;
+            if ids.len() > max_pos {
+                if !warned_long {
+                    eprintln!(
+                        "warning: input line {} has {} source tokens, more than the model's {} \
+                         positions; it is truncated to its first {} tokens + </s> (and so is every \
+                         later over-long line, without further warnings)",
+                        l.no,
+                        ids.len(),
+                        max_pos,
+                        max_pos - 1
+                    );
+                    warned_long = true;
+                }
+                let eos = *ids.last().unwrap_or(&0);
+                ids.truncate(max_pos - 1);
+                ids.push(eos);
+            }
+            srcs.push(Some(ids));
+        }
+        let hyps = translate_chunk(&model, &srcs, &cfg, args.batch_tokens, args.batch_size)?;
+        for (l, h) in good.iter().zip(&hyps) {
+            write_hyps(&mut out, &codec, n_sent, h, args.nbest)?;
+            n_sent += 1;
+            if let Some(pb) = &progress {
+                pb.inc(l.bytes);
+            }
+        }
+        if streaming {
+            out.flush()?;
+        }
+        if let Some(i) = bad {
+            out.flush()?;
+            if let Err(msg) = &chunk[i].text {
+                bail!("{msg}");
+            }
+        }
+        if let Some(e) = read_error {
+            out.flush()?;
+            return Err(anyhow::Error::new(e).context("reading the input"));
+        }
+    }
+    out.flush()?;
+    if let Some(pb) = progress {
+        pb.finish_with_message(format!("{n_sent} sentences"));
+    }
+    Ok(())
+}
+
+/// Translates the non-empty sources of a chunk in length-sorted batches; returns hypotheses in input
+/// order (empty for empty lines).
+fn translate_chunk(
+    model: &rdrop_seq2seq::model::MarianModel,
+    srcs: &[Option<Vec<u32>>],
+    cfg: &GenerateConfig,
+    batch_tokens: usize,
+    batch_size: usize,
+) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
+    let idx: Vec<usize> = (0..srcs.len()).filter(|&i| srcs[i].is_some()).collect();
+    let lens: Vec<usize> = idx
+        .iter()
+        .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
+        .collect();
+    let mut out: Vec<Vec<Hypothesis>> = vec![Vec::new(); srcs.len()];
+    for batch in generate::batches_by_tokens(&lens, batch_tokens, batch_size) {
+        let batch_srcs: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|&j| srcs[idx[j]].clone().unwrap_or_default())
+            .collect();
+        let hyps = generate::generate(model, &batch_srcs, cfg)?;
+        for (&j, h) in batch.iter().zip(hyps) {
+            out[idx[j]] = h;
+        }
+    }
+    Ok(out)
+}
+
+fn write_hyps(
+    out: &mut dyn Write,
+    codec: &Codec,
+    index: usize,
+    hyps: &[Hypothesis],
+    nbest: usize,
+) -> anyhow::Result<()> {
+    if nbest == 1 {
+        let text = match hyps.first() {
+            Some(h) => codec.decode(&h.tokens)?,
+            None => String::new(),
+        };
+        writeln!(out, "{text}")?;
+        return Ok(());
+    }
+    if hyps.is_empty() {
+        writeln!(out, "{index} |||  ||| 0")?;
+    }
+    for h in hyps {
+        writeln!(
+            out,
+            "{index} ||| {} ||| {}",
+            codec.decode(&h.tokens)?,
+            h.score
+        )?;
+    }
+    Ok(())
 }
