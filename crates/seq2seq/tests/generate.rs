@@ -374,7 +374,12 @@ fn bad_requests_are_errors_not_panics() {
     let err = generate::generate(&model, &[vec![]], &GenerateConfig::greedy()).unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
     let long = vec![5u32; 500];
-    let err = generate::generate(&model, &[long.clone()], &GenerateConfig::greedy()).unwrap_err();
+    let err = generate::generate(
+        &model,
+        std::slice::from_ref(&long),
+        &GenerateConfig::greedy(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("500"), "{err}");
     assert!(generate::score(&model, &[vec![5, 0]], &[]).is_err());
     assert!(generate::score(&model, &[vec![5, 0]], &[long]).is_err());
