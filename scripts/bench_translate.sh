@@ -6,6 +6,7 @@
 #
 #   bash scripts/bench_translate.sh                # writes $BENCH_WORK/translate.jsonl and prints a table
 #   PRESET=opus REPEATS=1 bash scripts/bench_translate.sh
+#   RDROP_BIN=target/release/rdrop bash scripts/bench_translate.sh   # skip the cargo build
 #
 # rdrop times are whole-process wall times (model loading and start-up included, median of REPEATS);
 # the peers time only their translate calls after a warm-up batch, so the comparison favours the peers.
@@ -47,9 +48,14 @@ for s in make_sources(int(sys.argv[3]), int(sys.argv[4]), V, 0):
     print(" ".join(map(str, s)))
 EOF
 
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin rdrop
-RDROP=$CARGO_TARGET_DIR/release/rdrop
+# RDROP_BIN=path reuses a built binary (optimised builds only: timings of a debug build mean nothing).
+if [ -n "${RDROP_BIN:-}" ]; then
+    RDROP=$RDROP_BIN
+else
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+    cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin rdrop
+    RDROP=$CARGO_TARGET_DIR/release/rdrop
+fi
 export RAYON_NUM_THREADS=$THREADS
 
 for BEAM in 1 4; do

@@ -98,6 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_tokens == 0 || args.batch_size == 0 {
         bail!("--batch-tokens and --batch-size must be at least 1");
     }
+    super::translate::pin_thread_count();
     let device = rdrop_seq2seq::device::parse_device(&args.device)?;
     let src_lines = read_lines(&args.source)?;
     let tgt_lines = read_lines(&args.target)?;
