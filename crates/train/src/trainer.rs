@@ -71,16 +71,11 @@ pub struct Session {
     pub tokenizer: MarianTokenizer,
 }
 
-/// `cpu` / `cuda[:N]` → a candle device.
+/// `cpu` / `cuda[:N]` → a candle device, through the one parser translate and score use too, so a
+/// CPU-only build or a machine without a driver gets the same advice everywhere.
 pub fn make_device(spec: &str) -> Result<Device> {
-    match crate::recipe::parse_device(spec).map_err(Error::Other)? {
-        None => Ok(Device::Cpu),
-        Some(n) => Device::new_cuda(n).map_err(|e| {
-            Error::Other(format!(
-                "device = {spec:?}: {e} (build with `--features cuda` for GPUs)"
-            ))
-        }),
-    }
+    rdrop_seq2seq::device::parse_device(spec)
+        .map_err(|e| Error::Other(format!("device = {spec:?}: {e}")))
 }
 
 /// HF `MarianConfig` JSON for a from-scratch model (the model crate fills the keys we omit with
