@@ -121,7 +121,7 @@ if [ "$want_tests" = 1 ]; then
   # candle. Each embeds candle's kernels (~30 MB, mostly PTX text), so they travel as one xz archive
   # whose 192 MiB window spans several binaries and stores the shared kernels about once.
   # The CLI tests (tests/*.rs) are left out: they drive the binary, which travels itself.
-  # CUDA_TEST_PACKAGES narrows the list if the archive outgrows the 64 MiB the GPU tool carries.
+  # CUDA_TEST_PACKAGES narrows the list to keep the archive small to copy.
   pkgs=(${CUDA_TEST_PACKAGES:-rdrop-seq2seq rdrop-loss rdrop-train})
   sel=() feats=()
   for p in "${pkgs[@]}"; do sel+=(-p "$p"); feats+=("$p/cuda"); done

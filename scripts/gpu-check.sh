@@ -9,9 +9,8 @@
 #   On the GPU machine, from the repository root, with dist/gpu/ beside it:
 #     OUT=/some/dir scripts/gpu-check.sh # results: $OUT/gpu-check.json, logs: $OUT/gpu-check.log
 #
-# With the device tool, from a session that has a GPU (dist/ is git-ignored, so dist/gpu must be
-# carried; it must stay under the 64 MiB carry limit together with the tracked tree):
-#     run(command="bash scripts/gpu-check.sh", carry=["dist/gpu"], timeout_s=540)
+# dist/ is git-ignored, so copy dist/gpu to the GPU machine along with the checkout; --prepare prints
+# its size.
 #
 # What it runs, each stage under its own time limit, none stopping the others:
 #  1. every test binary of rdrop-seq2seq, rdrop-loss and rdrop-train built with `--features cuda`,
@@ -64,8 +63,8 @@ if [ "${1:-}" = "--prepare" ]; then
     rm -rf "$tmp"
   fi
   tracked=$(git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
-  echo "carry: dist/gpu = $(du -sh "$gpu" | cut -f1), tracked tree = $tracked (limit: 64 MiB together)"
-  echo "run:   run(command=\"bash scripts/gpu-check.sh\", carry=[\"dist/gpu\"], timeout_s=540)"
+  echo "to copy: dist/gpu = $(du -sh "$gpu" | cut -f1), tracked tree = $tracked"
+  echo "then, on the GPU machine: bash scripts/gpu-check.sh"
   exit 0
 fi
 
