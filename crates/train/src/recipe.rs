@@ -560,21 +560,11 @@ impl Recipe {
         if self.validation.batch_size == 0 {
             return Err("validation.batch_size must be positive".into());
         }
-        parse_device(&self.device)?;
+        // The same parser the trainer opens the device with, so a recipe is rejected up front.
+        self.device
+            .parse::<rdrop_seq2seq::device::DeviceSpec>()
+            .map_err(|e| format!("device: {e}"))?;
         Ok(())
-    }
-}
-
-/// `cpu` → None, `cuda` → Some(0), `cuda:N` → Some(N).
-pub fn parse_device(s: &str) -> std::result::Result<Option<usize>, String> {
-    match s {
-        "cpu" => Ok(None),
-        "cuda" => Ok(Some(0)),
-        _ => s
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or_else(|| format!("device = {s:?}: expected cpu, cuda or cuda:N")),
     }
 }
 
