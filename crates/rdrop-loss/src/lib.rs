@@ -80,6 +80,7 @@
 mod batch;
 mod criterion;
 mod error;
+mod fused;
 mod loss;
 
 pub use batch::{duplicate, duplicate_all, split_halves};

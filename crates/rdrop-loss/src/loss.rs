@@ -1,6 +1,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::error::{LossError, Result};
+use crate::fused;
 
 /// Summed label-smoothed cross entropy of one batch, as returned by [`label_smoothed_nll_loss`].
 #[derive(Debug, Clone)]
@@ -79,6 +80,9 @@ impl LossParts {
 /// Validated inputs: logits in the compute dtype and u32 targets whose non-pad ids are in range.
 struct Prepared {
     logits: Tensor,
+    /// The target as u32, pads included (the fused kernels skip them themselves).
+    raw_target: Tensor,
+    /// The target with pads replaced by 0, safe to gather with.
     target: Tensor,
     /// 1 where the target is not padding (u8, `[rows, T]`).
     mask: Tensor,
@@ -145,6 +149,7 @@ fn prepare(
         }
     };
     let mask = target_u32.ne(pad_id)?;
+    let raw_target = target_u32.clone();
     // Pad positions gather index 0 instead of the pad id, which need not be a vocabulary entry.
     let safe_target = mask.where_cond(&target_u32, &target_u32.zeros_like()?)?;
     let (ntokens, max_id) = if target.elem_count() > 0 {
@@ -159,6 +164,7 @@ fn prepare(
     }
     Ok(Prepared {
         logits: logits.to_dtype(compute)?,
+        raw_target,
         target: safe_target,
         mask,
         ntokens,
@@ -238,6 +244,29 @@ pub fn label_smoothed_nll_loss(
         "same rows and length as the logits",
     )?;
     check_eps(eps, p.logits.dim(2)?)?;
+    if fused::available(&p.logits) {
+        nll_fused(&p, pad_id, eps)
+    } else {
+        nll_composed(&p, eps)
+    }
+}
+
+fn nll_fused(p: &Prepared, pad_id: u32, eps: f64) -> Result<SmoothedNll> {
+    let stats = fused::TokenStats {
+        pad: pad_id,
+        eps,
+        pair: false,
+    }
+    .apply(&flat_rows(&p.logits)?, &p.raw_target.flatten_all()?)?;
+    Ok(SmoothedNll {
+        loss_sum: column_sum(&stats, fused::single::CE)?,
+        nll_sum: column_sum(&stats, fused::single::NLL)?,
+        ntokens: p.ntokens,
+    })
+}
+
+/// The same as [`nll_fused`] from differentiable tensor ops, for devices without the kernels.
+fn nll_composed(p: &Prepared, eps: f64) -> Result<SmoothedNll> {
     let lprobs = log_softmax(&p.logits)?;
     let (loss, nll) = token_losses(&lprobs, &p.target, eps)?;
     let zeros = loss.zeros_like()?;
@@ -308,7 +337,15 @@ pub fn rdrop_loss(
         "the original batch: half the rows of the doubled logits",
     )?;
     check_eps(eps, p.logits.dim(2)?)?;
+    if fused::available(&p.logits) {
+        rdrop_fused(&p, pad_id, eps, alpha)
+    } else {
+        rdrop_composed(&p, eps, alpha)
+    }
+}
 
+/// [`rdrop_loss`] from differentiable tensor ops, for devices without the fused kernels.
+fn rdrop_composed(p: &Prepared, eps: f64, alpha: f64) -> Result<LossParts> {
     let lprobs = log_softmax(&p.logits)?;
     let (lp1, lp2) = crate::split_halves(&lprobs)?;
     // Both copies share the original target; doubling it would only double the gather index.
@@ -346,4 +383,157 @@ pub fn rdrop_loss(
         kl_sum: Some(kl_sum),
         ntokens: p.ntokens,
     })
+}
+
+/// `[N, T, V]` -> `[N·T, V]`.
+fn flat_rows(logits: &Tensor) -> Result<Tensor> {
+    let v = logits.dim(D::Minus1)?;
+    Ok(logits.reshape(((), v))?)
+}
+
+/// Sum of one column of the fused statistics (pad rows are exactly zero there).
+fn column_sum(stats: &Tensor, col: usize) -> Result<Tensor> {
+    Ok(stats.narrow(1, col, 1)?.sum_all()?)
+}
+
+/// [`rdrop_loss`] on the fused kernels: the same quantities in two passes over the logits.
+fn rdrop_fused(p: &Prepared, pad_id: u32, eps: f64, alpha: f64) -> Result<LossParts> {
+    use fused::pair;
+    let stats = fused::TokenStats {
+        pad: pad_id,
+        eps,
+        pair: true,
+    }
+    .apply(&flat_rows(&p.logits)?, &p.raw_target.flatten_all()?)?;
+    let ce_sum = vec![
+        column_sum(&stats, pair::CE1)?,
+        column_sum(&stats, pair::CE2)?,
+    ];
+    let nll_sum = vec![
+        column_sum(&stats, pair::NLL1)?,
+        column_sum(&stats, pair::NLL2)?,
+    ];
+    let kl = ((column_sum(&stats, pair::KL12)? + column_sum(&stats, pair::KL21)?)? * 0.5)?;
+    let ce_total = (&ce_sum[0] + &ce_sum[1])?;
+    let (loss_sum, kl_sum) = if alpha == 0.0 {
+        (ce_total, kl.detach())
+    } else {
+        ((ce_total + (&kl * alpha)?)?, kl)
+    };
+    Ok(LossParts {
+        loss: (&loss_sum / p.ntokens.max(1) as f64)?,
+        loss_sum,
+        ce_sum,
+        nll_sum,
+        kl_sum: Some(kl_sum),
+        ntokens: p.ntokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fused kernels against the composed ops: every part's value and its own gradient.
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// Random logits `[rows, T, V]` (f64) and a `[rows / copies, T]` target with padding at
+    /// different places, plus one NaN logit at a pad position that must not leak.
+    fn inputs(rows: usize, copies: usize, t: usize, v: usize, pad: u32) -> (Var, Tensor) {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut x: Vec<f64> = (0..rows * t * v).map(|_| 6.0 * next() - 3.0).collect();
+        let b = rows / copies;
+        let target: Vec<u32> = (0..b * t)
+            .map(|i| {
+                let (row, pos) = (i / t, i % t);
+                if pos + row > t {
+                    pad
+                } else {
+                    (next() * v as f64) as u32 % v as u32
+                }
+            })
+            .collect();
+        if let Some(i) = target.iter().position(|&id| id == pad) {
+            x[i * v] = f64::NAN;
+        }
+        let logits = Var::from_vec(x, (rows, t, v), &Device::Cpu).unwrap();
+        let target = Tensor::from_vec(target, (b, t), &Device::Cpu).unwrap();
+        (logits, target)
+    }
+
+    fn close(what: &str, a: &Tensor, b: &Tensor) {
+        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            if y.is_nan() {
+                // The NaN at a pad position reaches the composed gradient (through the row's
+                // softmax); the fused kernels never read pad rows.
+                assert_eq!(
+                    *x, 0.0,
+                    "{what}[{i}]: fused should give 0 where composed is NaN"
+                );
+                continue;
+            }
+            assert!(
+                (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                "{what}[{i}]: fused {x} vs composed {y}"
+            );
+        }
+    }
+
+    /// Compares value and gradient of each named part.
+    fn compare(logits: &Var, fused: Vec<(&str, Tensor)>, composed: Vec<(&str, Tensor)>) {
+        for ((name, f), (_, c)) in fused.iter().zip(&composed) {
+            close(name, f, c);
+            let gf = f.backward().unwrap();
+            let gc = c.backward().unwrap();
+            match (gf.get(logits.as_tensor()), gc.get(logits.as_tensor())) {
+                (Some(a), Some(b)) => close(&format!("grad of {name}"), a, b),
+                (None, None) => {}
+                _ => panic!("{name}: only one path has a gradient"),
+            }
+        }
+    }
+
+    #[test]
+    fn fused_rdrop_matches_composed_part_by_part() {
+        let pad = 1;
+        for (eps, alpha) in [(0.0, 1.0), (0.1, 5.0), (0.1, 0.0)] {
+            let (logits, target) = inputs(6, 2, 5, 11, pad);
+            let p = prepare(&logits, &target, pad, 3, "test").unwrap();
+            assert!(fused::available(&p.logits));
+            let f = rdrop_fused(&p, pad, eps, alpha).unwrap();
+            let c = rdrop_composed(&p, eps, alpha).unwrap();
+            let parts = |x: &LossParts| {
+                vec![
+                    ("loss", x.loss.clone()),
+                    ("ce1", x.ce_sum[0].clone()),
+                    ("ce2", x.ce_sum[1].clone()),
+                    ("nll1", x.nll_sum[0].clone()),
+                    ("nll2", x.nll_sum[1].clone()),
+                    ("kl", x.kl_sum.clone().unwrap()),
+                ]
+            };
+            compare(&logits, parts(&f), parts(&c));
+        }
+    }
+
+    #[test]
+    fn fused_ce_matches_composed_part_by_part() {
+        let pad = 0;
+        for eps in [0.0, 0.1, 0.3] {
+            let (logits, target) = inputs(4, 1, 6, 9, pad);
+            let p = prepare(&logits, &target, pad, 4, "test").unwrap();
+            let f = nll_fused(&p, pad, eps).unwrap();
+            let c = nll_composed(&p, eps).unwrap();
+            let parts =
+                |x: &SmoothedNll| vec![("ce", x.loss_sum.clone()), ("nll", x.nll_sum.clone())];
+            compare(&logits, parts(&f), parts(&c));
+        }
+    }
 }
