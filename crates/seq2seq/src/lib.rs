@@ -55,6 +55,7 @@ pub mod dropout;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod ops;
 pub mod tokenizer;
 
 pub use cache::DecoderCache;

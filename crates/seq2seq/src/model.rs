@@ -5,12 +5,13 @@
 //! Parameter names passed to the `VarBuilder` are exactly the Hugging Face state-dict keys.
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use crate::cache::DecoderCache;
 use crate::config::{Activation, Config};
 use crate::dropout::Mode;
 use crate::error::{Error, Result};
+use crate::ops;
 
 /// transformers' `nn.LayerNorm` default.
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -40,25 +41,48 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        // Statistics in f32 for half-precision inputs, as PyTorch's kernels do.
-        let x = if dtype == DType::F32 {
-            x.clone()
-        } else {
-            x.to_dtype(DType::F32)?
-        };
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centred = x.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centred.broadcast_div(&(var + LAYER_NORM_EPS)?.sqrt()?)?;
-        let normed = if dtype == DType::F32 {
-            normed
-        } else {
-            normed.to_dtype(dtype)?
-        };
-        Ok(normed
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)?)
+        Ok(ops::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            LAYER_NORM_EPS,
+        )?)
+    }
+}
+
+/// A dense layer `x·Wᵀ + b` with HF's `weight` `[out, in]` and `bias` `[out]`, initialised like
+/// candle_nn's `linear`. The product runs on `x` flattened to rows, and the bias add's backward
+/// is a matrix product (see [`ops::add_bias`]).
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
+        let l = candle_nn::linear(d_in, d_out, vb)?;
+        let bias = l
+            .bias()
+            .cloned()
+            .ok_or_else(|| Error::Input("linear layer without a bias".into()))?;
+        Ok(Linear {
+            weight: l.weight().clone(),
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = dims.last().copied().unwrap_or(1);
+        let rows = x.elem_count() / d_in.max(1);
+        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let y = ops::add_bias(&y, &self.bias)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.weight.dim(0)?;
+        }
+        Ok(y.reshape(out)?)
     }
 }
 
@@ -87,10 +111,10 @@ struct Attention {
 impl Attention {
     fn new(d: usize, heads: usize, dropout: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Attention {
-            q_proj: candle_nn::linear(d, d, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(d, d, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(d, d, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            q_proj: Linear::new(d, d, vb.pp("q_proj"))?,
+            k_proj: Linear::new(d, d, vb.pp("k_proj"))?,
+            v_proj: Linear::new(d, d, vb.pp("v_proj"))?,
+            out_proj: Linear::new(d, d, vb.pp("out_proj"))?,
             heads,
             head_dim: d / heads,
             dropout,
@@ -168,8 +192,8 @@ struct FeedForward {
 impl FeedForward {
     fn new(cfg: &Config, ffn_dim: usize, vb: &VarBuilder) -> Result<Self> {
         Ok(FeedForward {
-            fc1: candle_nn::linear(cfg.d_model, ffn_dim, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(ffn_dim, cfg.d_model, vb.pp("fc2"))?,
+            fc1: Linear::new(cfg.d_model, ffn_dim, vb.pp("fc1"))?,
+            fc2: Linear::new(ffn_dim, cfg.d_model, vb.pp("fc2"))?,
             act: cfg.activation(),
             activation_dropout: cfg.activation_dropout,
         })
@@ -560,7 +584,9 @@ impl MarianModel {
         let d = self.cfg.d_model;
         let rows = hidden.elem_count() / d;
         let flat = hidden.reshape((rows, d))?.matmul(&self.lm_head.t()?)?;
-        let flat = flat.broadcast_add(&self.final_logits_bias)?;
+        // A buffer in transformers, never trained: detached, so no gradient is summed for it.
+        let bias = self.final_logits_bias.detach().flatten_all()?;
+        let flat = ops::add_bias(&flat, &bias)?;
         let mut out_dims = dims;
         if let Some(last) = out_dims.last_mut() {
             *last = self.lm_head.dim(0)?;

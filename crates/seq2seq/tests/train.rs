@@ -9,14 +9,15 @@ use common::{fixture_dir, max_abs_diff, Reference, VARIANTS};
 use rdrop_seq2seq::{checkpoint, Config, DropoutRng, MarianModel, Mode};
 
 fn trainable(variant: &str) -> (Config, candle_nn::VarMap, MarianModel) {
+    trainable_in(variant, DType::F32)
+}
+
+fn trainable_in(variant: &str, dtype: DType) -> (Config, candle_nn::VarMap, MarianModel) {
     let dir = fixture_dir(variant);
     let cfg = checkpoint::load_config(&dir).expect("config");
-    let varmap = checkpoint::load_varmap(&dir, &cfg, DType::F32, &Device::Cpu).expect("varmap");
-    let model = MarianModel::new(
-        &cfg,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-    )
-    .expect("model");
+    let varmap = checkpoint::load_varmap(&dir, &cfg, dtype, &Device::Cpu).expect("varmap");
+    let model = MarianModel::new(&cfg, VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu))
+        .expect("model");
     (cfg, varmap, model)
 }
 
@@ -40,7 +41,7 @@ fn nll(logits: &Tensor, r: &Reference) -> Tensor {
         .expect("gather")
         .squeeze(2)
         .expect("squeeze");
-    let mask = r.tensor("tgt_mask").to_dtype(DType::F32).expect("mask");
+    let mask = r.tensor("tgt_mask").to_dtype(logits.dtype()).expect("mask");
     (picked * mask)
         .expect("mul")
         .sum_all()
@@ -50,7 +51,7 @@ fn nll(logits: &Tensor, r: &Reference) -> Tensor {
 }
 
 #[test]
-fn every_parameter_gets_a_nonzero_gradient() {
+fn every_parameter_but_the_logits_bias_buffer_gets_a_nonzero_gradient() {
     for variant in VARIANTS {
         let (_, varmap, model) = trainable(variant);
         let r = Reference::load(variant);
@@ -62,6 +63,14 @@ fn every_parameter_gets_a_nonzero_gradient() {
         let mut names: Vec<_> = vars.keys().cloned().collect();
         names.sort();
         for name in names {
+            if name == "final_logits_bias" {
+                // A registered buffer in transformers, not a parameter: it must stay fixed.
+                assert!(
+                    grads.get(vars[&name].as_tensor()).is_none(),
+                    "{variant}: final_logits_bias got a gradient"
+                );
+                continue;
+            }
             let g = grads
                 .get(vars[&name].as_tensor())
                 .unwrap_or_else(|| panic!("{variant}: no gradient for {name}"));
@@ -74,6 +83,82 @@ fn every_parameter_gets_a_nonzero_gradient() {
                 .expect("scalar");
             assert!(norm > 0.0, "{variant}: zero gradient for {name}");
         }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences_in_f64() {
+    // Central differences of the eval-mode NLL in f64, at a few coordinates of every kind of
+    // parameter: the layer-norm and bias-add kernels' own backward passes included.
+    for variant in ["opus", "untied-relu"] {
+        let (_, varmap, model) = trainable_in(variant, DType::F64);
+        let r = Reference::load(variant);
+        let loss = |m: &MarianModel| {
+            let l = logits(m, &r, Mode::Eval);
+            nll(&l, &r).to_scalar::<f64>().expect("scalar")
+        };
+        let l0 = nll(&logits(&model, &r, Mode::Eval), &r);
+        let grads = l0.backward().expect("backward");
+        let vars = varmap.data().lock().expect("lock").clone();
+        let mut checked = 0;
+        for (name, var) in &vars {
+            let kind = [
+                "layer_norm.weight",
+                "layer_norm.bias",
+                "q_proj.bias",
+                "fc1.weight",
+                "fc2.bias",
+                "out_proj.weight",
+                "embed_tokens.weight",
+                "shared.weight",
+            ];
+            let first_layer_or_table = name.contains("layers.0.") || !name.contains("layers.");
+            if !kind.iter().any(|k| name.ends_with(k)) || !first_layer_or_table {
+                continue;
+            }
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{variant}: no gradient for {name}"))
+                .flatten_all()
+                .expect("flatten")
+                .to_vec1::<f64>()
+                .expect("vec");
+            let base = var
+                .as_tensor()
+                .flatten_all()
+                .expect("flatten")
+                .to_vec1::<f64>()
+                .expect("vec");
+            // The coordinate with the largest gradient and one fixed other.
+            let top = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            for i in [top, base.len() / 3] {
+                let h = 1e-5;
+                let mut at = |delta: f64| {
+                    let mut v = base.clone();
+                    v[i] += delta;
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).expect("tensor"))
+                        .expect("set");
+                    loss(&model)
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * h);
+                at(0.0);
+                assert!(
+                    (fd - g[i]).abs() <= 1e-5 * (1.0 + fd.abs()),
+                    "{variant} {name}[{i}]: autograd {} vs finite difference {fd}",
+                    g[i]
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 10,
+            "{variant}: only {checked} coordinates checked"
+        );
     }
 }
 
