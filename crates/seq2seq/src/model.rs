@@ -164,7 +164,7 @@ impl Attention {
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let probs = mode.dropout(&probs, self.dropout)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
-        Ok(self.out_proj.forward(&out)?)
+        self.out_proj.forward(&out)
     }
 
     fn forward(
@@ -202,7 +202,7 @@ impl FeedForward {
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = activate(self.act, &self.fc1.forward(x)?)?;
         let h = mode.dropout(&h, self.activation_dropout)?;
-        Ok(self.fc2.forward(&h)?)
+        self.fc2.forward(&h)
     }
 }
 
