@@ -138,7 +138,7 @@ fn gradients_match_finite_differences_in_f64() {
                 .unwrap_or(0);
             for i in [top, base.len() / 3] {
                 let h = 1e-5;
-                let mut at = |delta: f64| {
+                let at = |delta: f64| {
                     let mut v = base.clone();
                     v[i] += delta;
                     var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).expect("tensor"))
