@@ -160,8 +160,13 @@ impl Attention {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        // ops::softmax is composed of differentiable ops; softmax_last_dim has no backward.
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        // softmax_last_dim is one fused kernel but has no backward: anything a gradient may flow
+        // through takes the composed ops::softmax.
+        let probs = if scores.track_op() {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let probs = mode.dropout(&probs, self.dropout)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
         self.out_proj.forward(&out)
