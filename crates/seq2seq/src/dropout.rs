@@ -1,9 +1,14 @@
 //! Train/eval mode and the seeded generator dropout masks come from.
 //!
 //! candle's CPU generator cannot be seeded and `candle_nn::ops::dropout` draws from it, so masks here
-//! come from a ChaCha8 stream the caller seeds. Masks are drawn on the host and moved to the tensor's
-//! device, so a run gives the same masks on CPU and CUDA, and the stream position can be saved with a
-//! training checkpoint for an exact resume.
+//! come from a ChaCha8 stream the caller seeds, and the stream position can be saved with a training
+//! checkpoint for an exact resume.
+//!
+//! On a GPU, drawing masks on the host would mean generating and copying every mask element each
+//! step, so masks there come from the device's own generator, which [`DropoutRng::seed_device`]
+//! reseeds from the ChaCha stream before each pass: runs stay reproducible and resumable, but
+//! the masks differ from the CPU's. [`DropoutRng::with_host_masks`] draws host masks everywhere,
+//! for checks that need the same masks on CPU and GPU.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -44,6 +49,8 @@ impl Mode<'_> {
 #[derive(Debug)]
 pub struct DropoutRng {
     rng: Mutex<ChaCha8Rng>,
+    /// Draw masks on the host even for GPU tensors.
+    host_only: bool,
 }
 
 /// Where a [`DropoutRng`] stands in its stream: save it with a checkpoint, restore it with
@@ -62,6 +69,7 @@ impl Clone for DropoutRng {
     fn clone(&self) -> Self {
         DropoutRng {
             rng: Mutex::new(self.lock().clone()),
+            host_only: self.host_only,
         }
     }
 }
@@ -71,7 +79,26 @@ impl DropoutRng {
     pub fn new(seed: u64) -> Self {
         DropoutRng {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+            host_only: false,
         }
+    }
+
+    /// Masks for tensors on every device drawn on the host from the ChaCha stream: the same masks
+    /// on CPU and GPU (slower on a GPU: each mask is generated on the CPU and copied over).
+    pub fn with_host_masks(mut self) -> Self {
+        self.host_only = true;
+        self
+    }
+
+    /// Before a pass on a GPU: reseeds the device generator with the next ChaCha draw, so the
+    /// pass's masks depend only on this generator's state. Nothing to do on the CPU, or with
+    /// host masks.
+    pub fn seed_device(&self, device: &Device) -> Result<()> {
+        if !device.is_cpu() && !self.host_only {
+            let seed = self.lock().next_u64();
+            device.set_seed(seed)?;
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, ChaCha8Rng> {
@@ -97,6 +124,7 @@ impl DropoutRng {
         rng.set_word_pos(u128::from(state.word_pos));
         DropoutRng {
             rng: Mutex::new(rng),
+            host_only: false,
         }
     }
 
@@ -119,6 +147,12 @@ impl DropoutRng {
             return Ok(Tensor::zeros(shape, dtype, device)?);
         }
         let scale = (1.0 / (1.0 - p)) as f32;
+        if !device.is_cpu() && !self.host_only {
+            // Kept iff u ≥ p for u uniform in [0, 1): on the device, no host round trip.
+            let u = Tensor::rand(0f32, 1f32, shape, device)?;
+            let keep = u.ge(p)?.to_dtype(DType::F32)?;
+            return Ok((keep * scale as f64)?.to_dtype(dtype)?);
+        }
         // Element dropped iff its 32-bit draw is below p·2^32: one draw per element.
         let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
         let mut bytes = vec![0u8; 4 * n];

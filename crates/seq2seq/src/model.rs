@@ -162,11 +162,18 @@ impl Attention {
         };
         // softmax_last_dim is one fused kernel but has no backward: anything a gradient may flow
         // through takes the composed ops::softmax.
+        // Half-precision scores are normalised in f32, as PyTorch's autocast does.
+        let dtype = scores.dtype();
+        let scores = match dtype {
+            DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
+            _ => scores,
+        };
         let probs = if scores.track_op() {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
+        let probs = probs.to_dtype(dtype)?;
         let probs = mode.dropout(&probs, self.dropout)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
         self.out_proj.forward(&out)

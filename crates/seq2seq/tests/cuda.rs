@@ -142,7 +142,8 @@ fn f32_logits_match_cpu_and_transformers() {
     }
 }
 
-/// Train mode with identical dropout masks (drawn from the same seed on the host) on both devices:
+/// Train mode with identical dropout masks (drawn from the same seed on the host, which is not the
+/// default on a GPU) on both devices:
 /// the gradient of every parameter must agree, which exercises the backward of every CUDA op.
 #[test]
 fn train_mode_gradients_match_cpu() {
@@ -157,7 +158,7 @@ fn train_mode_gradients_match_cpu() {
         let varmap = checkpoint::load_varmap(&dir, &cfg, DType::F32, dev).unwrap();
         let model =
             MarianModel::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, dev)).unwrap();
-        let rng = DropoutRng::new(11);
+        let rng = DropoutRng::new(11).with_host_masks();
         let to = |t: &Tensor| t.to_device(dev).unwrap();
         let logits = model
             .forward(
@@ -275,4 +276,33 @@ fn bf16_logits_stay_close_to_transformers() {
             want.len()
         );
     }
+}
+
+/// Masks drawn on the device: the configured rate and scale, and the same masks after reseeding
+/// from the same generator state (what makes a CUDA run resumable).
+#[test]
+fn device_dropout_masks_have_the_rate_and_follow_the_seed() {
+    let Some(dev) = gpu("device_dropout_masks_have_the_rate_and_follow_the_seed") else {
+        return;
+    };
+    let draw = |rng: &DropoutRng| {
+        rng.seed_device(&dev).unwrap();
+        rng.mask((256, 1024), 0.3, DType::F32, &dev)
+            .unwrap()
+            .to_device(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let a = draw(&DropoutRng::new(5));
+    let b = draw(&DropoutRng::new(5));
+    let c = draw(&DropoutRng::new(6));
+    assert_eq!(a, b, "same generator state, different device masks");
+    assert_ne!(a, c, "different seeds, same device masks");
+    let scale = 1.0 / 0.7f32;
+    assert!(a.iter().all(|&x| x == 0.0 || (x - scale).abs() < 1e-6));
+    let dropped = a.iter().filter(|&&x| x == 0.0).count() as f64 / a.len() as f64;
+    assert!((dropped - 0.3).abs() < 0.01, "dropped fraction {dropped}");
 }

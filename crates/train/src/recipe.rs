@@ -335,6 +335,10 @@ pub struct TrainingSection {
     pub log_every: u64,
     /// CPU threads for the numeric kernels (0 = candle's default: all cores).
     pub threads: usize,
+    /// Compute precision of the forward and backward passes. `bf16` is autocast: weights and
+    /// optimiser state stay f32, each update runs the model on bf16 copies of them, and the loss
+    /// (CE and the R-Drop KL) is computed in f32. Meant for CUDA; on CPU bf16 is emulated.
+    pub precision: Precision,
 }
 
 impl Default for TrainingSection {
@@ -344,8 +348,19 @@ impl Default for TrainingSection {
             max_epochs: 20,
             log_every: 50,
             threads: 0,
+            precision: Precision::F32,
         }
     }
+}
+
+/// The dtype the model computes in during training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    F32,
+    /// bf16 autocast over f32 master weights.
+    Bf16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use crate::data::{self, DataStats, Example, RawPair};
 use crate::error::{ext, Error, Result};
 use crate::init::init_marian;
 use crate::optim::{self, AdamW, Grads};
-use crate::recipe::{CriterionKind, DecodeKind, Recipe, TokenizerKind};
+use crate::recipe::{CriterionKind, DecodeKind, Precision, Recipe, TokenizerKind};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -298,15 +298,43 @@ pub fn batch_loss(
     b: &data::Batch,
     mode: Mode,
 ) -> Result<rdrop_loss::LossParts> {
+    model_loss(&s.model, criterion, b, mode)
+}
+
+/// [`batch_loss`] with an explicit model (the autocast copy in bf16 training).
+pub fn model_loss(
+    model: &MarianModel,
+    criterion: &dyn Criterion,
+    b: &data::Batch,
+    mode: Mode,
+) -> Result<rdrop_loss::LossParts> {
     let logits = if criterion.needs_doubled_batch() {
         let d = rdrop_loss::duplicate_all(&[&b.src_ids, &b.src_mask, &b.tgt_in]).map_err(ext)?;
-        s.model.forward(&d[0], &d[1], &d[2], mode).map_err(ext)?
+        model.forward(&d[0], &d[1], &d[2], mode).map_err(ext)?
     } else {
-        s.model
+        model
             .forward(&b.src_ids, &b.src_mask, &b.tgt_in, mode)
             .map_err(ext)?
     };
     criterion.loss(&logits, &b.labels).map_err(ext)
+}
+
+/// The model computing in `dtype` on casts of the session's f32 variables. The casts are graph
+/// ops, so gradients arrive at the f32 variables (in f32) and the optimiser never sees `dtype`.
+/// Rebuilt every update, after the optimiser has changed the variables.
+pub fn autocast_model(s: &Session, dtype: DType) -> Result<MarianModel> {
+    let vars = s
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Other("variable map lock poisoned".into()))?
+        .clone();
+    let mut tensors = std::collections::HashMap::with_capacity(vars.len());
+    for (name, var) in vars {
+        tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
+    }
+    let vb = VarBuilder::from_tensors(tensors, dtype, &s.device);
+    MarianModel::new(&s.cfg, vb).map_err(ext)
 }
 
 /// Validation loss (eval mode, one pass, label-smoothed CE) and optionally BLEU.
@@ -531,16 +559,29 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             state.epoch + 1
         ));
     }
+    let criterion_desc = match r.criterion.kind {
+        CriterionKind::Rdrop => format!(
+            "R-Drop (alpha {}, label smoothing {})",
+            r.criterion.alpha, r.criterion.label_smoothing
+        ),
+        CriterionKind::LabelSmoothedCe => format!(
+            "label-smoothed CE (label smoothing {})",
+            r.criterion.label_smoothing
+        ),
+    };
     say(&format!(
-        "model: {} parameters, vocab {}, d_model {}, {}+{} layers; criterion {:?} (alpha {}), device {}",
+        "model: {} parameters, vocab {}, d_model {}, {}+{} layers; criterion {}, device {}, precision {}",
         n_params,
         s.tokenizer.vocab_size(),
         s.cfg.d_model,
         s.cfg.encoder_layers,
         s.cfg.decoder_layers,
-        r.criterion.kind,
-        r.criterion.alpha,
-        r.device
+        criterion_desc,
+        r.device,
+        match r.training.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16 autocast (f32 weights and optimiser)",
+        }
     ));
     let mut metrics = Metrics::open(
         &out.join("metrics.jsonl"),
@@ -597,6 +638,11 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         |st: &TrainerState| r.training.max_updates > 0 && st.update >= r.training.max_updates;
 
     while !done_updates(&state) && !done_epochs(&state) {
+        let autocast = match r.training.precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(autocast_model(&s, DType::BF16)?),
+        };
+        let model = autocast.as_ref().unwrap_or(&s.model);
         let mut acc: Option<Grads> = None;
         let mut ntok = 0usize;
         let mut nonfinite = false;
@@ -614,7 +660,8 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             }
             let b = data::make_batch(&train_ex, &plan[state.next_batch], pad, start, &s.device)?;
             state.next_batch += 1;
-            let parts = batch_loss(&s, criterion.as_ref(), &b, Mode::Train(&dropout))?;
+            dropout.seed_device(&s.device).map_err(ext)?;
+            let parts = model_loss(model, criterion.as_ref(), &b, Mode::Train(&dropout))?;
             let loss_sum = parts.loss_sum.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let attempt = state.update + state.nan_total + 1;
             if !loss_sum.is_finite() || opts.fault_nan_updates.contains(&attempt) {

@@ -237,3 +237,81 @@ fn label_smoothed_ce_has_no_kl() {
     );
     assert!((loss - ce).abs() < 1e-9 * loss.max(1.0));
 }
+
+#[test]
+fn bf16_autocast_follows_f32_gradients_and_keeps_f32_weights() {
+    use candle_core::DType;
+    let d = tempfile::tempdir().unwrap();
+    let r = tiny_recipe(d.path());
+    let (pairs, mut stats) =
+        rdrop_train::data::read_split(&r.data.train, &r.data, "train").unwrap();
+    let sess = trainer::build_session(&r, &pairs, None).unwrap();
+    let ex = trainer::prepare_examples(&sess, &pairs[..8], &mut stats, 60, 3.0, 0).unwrap();
+    let idx: Vec<usize> = (0..ex.len()).collect();
+    let pad = sess.tokenizer.pad_id();
+    let b = rdrop_train::data::make_batch(
+        &ex,
+        &idx,
+        pad,
+        sess.cfg.decoder_start_token_id,
+        &sess.device,
+    )
+    .unwrap();
+    let crit = trainer::make_criterion(&r, pad).unwrap();
+    let eval = rdrop_seq2seq::dropout::Mode::Eval;
+    let half = trainer::autocast_model(&sess, DType::BF16).unwrap();
+    assert_eq!(half.dtype(), DType::BF16);
+    let g32 = trainer::model_loss(&sess.model, crit.as_ref(), &b, eval)
+        .unwrap()
+        .loss
+        .backward()
+        .unwrap();
+    let g16 = trainer::model_loss(&half, crit.as_ref(), &b, eval)
+        .unwrap()
+        .loss
+        .backward()
+        .unwrap();
+    // Every f32 variable gets an f32 gradient through the casts, pointing where the f32 one does.
+    let vars = sess.varmap.data().lock().unwrap().clone();
+    let (mut dot, mut n32, mut n16) = (0f64, 0f64, 0f64);
+    for (name, var) in &vars {
+        if name == "final_logits_bias" {
+            continue;
+        }
+        let a = g32.get(var.as_tensor()).unwrap();
+        let h = g16
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no bf16 gradient for {name}"));
+        assert_eq!(h.dtype(), DType::F32, "{name}");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let h = h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (x, y) in a.iter().zip(&h) {
+            dot += (*x as f64) * (*y as f64);
+            n32 += (*x as f64).powi(2);
+            n16 += (*y as f64).powi(2);
+        }
+    }
+    let cosine = dot / (n32.sqrt() * n16.sqrt());
+    assert!(cosine > 0.99, "bf16 gradient direction: cosine {cosine}");
+    assert!((n16.sqrt() / n32.sqrt() - 1.0).abs() < 0.05);
+}
+
+#[test]
+fn bf16_autocast_run_trains_and_saves_f32() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = tiny_recipe(d.path());
+    r.training.precision = rdrop_train::recipe::Precision::Bf16;
+    let s = trainer::train(&r, &quiet()).unwrap();
+    let recs = train_records(&r.output_dir);
+    let first = recs[0]["ce"].as_f64().unwrap();
+    let last = recs[recs.len() - 1]["ce"].as_f64().unwrap();
+    assert!(
+        last < first - 0.5,
+        "CE should fall under bf16: {first} -> {last}"
+    );
+    let bytes = std::fs::read(s.last_dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+    }
+}
