@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Report for scripts/multi30k-experiment.sh: test BLEU of both systems (rdrop bleu, cross-checked with
 sacreBLEU), the paired bootstrap result, and training curves (loss, CE, KL, valid BLEU) as SVG.
-Writes <out>/report.md, <out>/curves-*.svg. No plotting library needed."""
+Writes <out>/report.md, <out>/curves.md (the curves as a table), <out>/curves-*.svg. No plotting library needed."""
 import argparse
 import json
 import os
@@ -101,6 +101,21 @@ def main():
              {n: c["vbleu"] for n, c in curves.items()}, "BLEU")
     svg_plot(os.path.join(a.out, "curves-valid-loss.svg"), "validation label-smoothed CE",
              {n: c["vloss"] for n, c in curves.items()}, "loss")
+    # The same curves as a table (train records as logged, validations where they happened).
+    updates = sorted({u for c in curves.values() for key in ("ce", "vbleu") for u, _ in c[key]})
+    def at(name, key, u):
+        for x, y in curves[name][key]:
+            if x == u and y is not None:
+                return f"{y:.3f}" if key != "vbleu" else f"{y:.2f}"
+        return ""
+    curve_lines = ["| update | baseline CE | baseline valid loss | baseline valid BLEU | R-Drop CE (per copy) "
+                   "| R-Drop KL | R-Drop valid loss | R-Drop valid BLEU |", "|---|---|---|---|---|---|---|---|"]
+    for u in updates:
+        curve_lines.append(f"| {u} | {at('baseline', 'ce', u)} | {at('baseline', 'vloss', u)} | "
+                           f"{at('baseline', 'vbleu', u)} | {at('rdrop', 'ce', u)} | {at('rdrop', 'kl', u)} | "
+                           f"{at('rdrop', 'vloss', u)} | {at('rdrop', 'vbleu', u)} |")
+    with open(os.path.join(a.out, "curves.md"), "w") as f:
+        f.write("\n".join(curve_lines) + "\n")
     paired = open(os.path.join(a.out, "paired-bootstrap.txt"), encoding="utf-8").read().strip()
     lines = ["| system | test_2016_flickr BLEU (rdrop bleu) | sacreBLEU 2.6.0 | best valid BLEU | updates | last train CE |",
              "|---|---|---|---|---|---|"]
