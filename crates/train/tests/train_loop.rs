@@ -111,13 +111,17 @@ fn loss_falls_and_kl_is_reported() {
     );
 }
 
-#[test]
-fn kl_positive_in_train_mode_zero_in_eval_mode() {
-    let d = tempfile::tempdir().unwrap();
-    let r = tiny_recipe(d.path());
+/// A session for `r`, one batch of its first 8 training pairs, and the recipe's criterion.
+fn session_with_batch(
+    r: &Recipe,
+) -> (
+    trainer::Session,
+    rdrop_train::data::Batch,
+    Box<dyn rdrop_loss::Criterion>,
+) {
     let (pairs, mut stats) =
         rdrop_train::data::read_split(&r.data.train, &r.data, "train").unwrap();
-    let sess = trainer::build_session(&r, &pairs, None).unwrap();
+    let sess = trainer::build_session(r, &pairs, None).unwrap();
     let ex = trainer::prepare_examples(&sess, &pairs[..8], &mut stats, 60, 3.0, 0).unwrap();
     let idx: Vec<usize> = (0..ex.len()).collect();
     let pad = sess.tokenizer.pad_id();
@@ -129,7 +133,15 @@ fn kl_positive_in_train_mode_zero_in_eval_mode() {
         &sess.device,
     )
     .unwrap();
-    let crit = trainer::make_criterion(&r, pad).unwrap();
+    let crit = trainer::make_criterion(r, pad).unwrap();
+    (sess, b, crit)
+}
+
+#[test]
+fn kl_positive_in_train_mode_zero_in_eval_mode() {
+    let d = tempfile::tempdir().unwrap();
+    let r = tiny_recipe(d.path());
+    let (sess, b, crit) = session_with_batch(&r);
     let rng = rdrop_seq2seq::dropout::DropoutRng::new(1);
     let train = trainer::batch_loss(
         &sess,
@@ -243,21 +255,7 @@ fn bf16_autocast_follows_f32_gradients_and_keeps_f32_weights() {
     use candle_core::DType;
     let d = tempfile::tempdir().unwrap();
     let r = tiny_recipe(d.path());
-    let (pairs, mut stats) =
-        rdrop_train::data::read_split(&r.data.train, &r.data, "train").unwrap();
-    let sess = trainer::build_session(&r, &pairs, None).unwrap();
-    let ex = trainer::prepare_examples(&sess, &pairs[..8], &mut stats, 60, 3.0, 0).unwrap();
-    let idx: Vec<usize> = (0..ex.len()).collect();
-    let pad = sess.tokenizer.pad_id();
-    let b = rdrop_train::data::make_batch(
-        &ex,
-        &idx,
-        pad,
-        sess.cfg.decoder_start_token_id,
-        &sess.device,
-    )
-    .unwrap();
-    let crit = trainer::make_criterion(&r, pad).unwrap();
+    let (sess, b, crit) = session_with_batch(&r);
     let eval = rdrop_seq2seq::dropout::Mode::Eval;
     let half = trainer::autocast_model(&sess, DType::BF16).unwrap();
     assert_eq!(half.dtype(), DType::BF16);
