@@ -368,20 +368,31 @@ fn rdrop_composed(p: &Prepared, eps: f64, alpha: f64) -> Result<LossParts> {
     let dlp = (&lp1 - &lp2)?;
     let sym_kl = ((dp * dlp)?.sum(D::Minus1)? * 0.5)?;
     let kl_sum = masked_sum(&sym_kl, &p.mask, &zeros)?;
+    rdrop_parts(ce_sum, nll_sum, kl_sum, alpha, p.ntokens)
+}
 
+/// Both R-Drop paths' common end: `loss_sum = CE1 + CE2 + α·KL`, normalised by `ntokens`; with
+/// `α = 0` the KL is reported off the graph.
+fn rdrop_parts(
+    ce_sum: Vec<Tensor>,
+    nll_sum: Vec<Tensor>,
+    kl_sum: Tensor,
+    alpha: f64,
+    ntokens: usize,
+) -> Result<LossParts> {
     let ce_total = (&ce_sum[0] + &ce_sum[1])?;
-    let loss_sum = if alpha == 0.0 {
-        ce_total
+    let (loss_sum, kl_sum) = if alpha == 0.0 {
+        (ce_total, kl_sum.detach())
     } else {
-        (ce_total + (&kl_sum * alpha)?)?
+        ((ce_total + (&kl_sum * alpha)?)?, kl_sum)
     };
     Ok(LossParts {
-        loss: (&loss_sum / p.ntokens.max(1) as f64)?,
+        loss: (&loss_sum / ntokens.max(1) as f64)?,
         loss_sum,
         ce_sum,
         nll_sum,
         kl_sum: Some(kl_sum),
-        ntokens: p.ntokens,
+        ntokens,
     })
 }
 
@@ -414,20 +425,7 @@ fn rdrop_fused(p: &Prepared, pad_id: u32, eps: f64, alpha: f64) -> Result<LossPa
         column_sum(&stats, pair::NLL2)?,
     ];
     let kl = ((column_sum(&stats, pair::KL12)? + column_sum(&stats, pair::KL21)?)? * 0.5)?;
-    let ce_total = (&ce_sum[0] + &ce_sum[1])?;
-    let (loss_sum, kl_sum) = if alpha == 0.0 {
-        (ce_total, kl.detach())
-    } else {
-        ((ce_total + (&kl * alpha)?)?, kl)
-    };
-    Ok(LossParts {
-        loss: (&loss_sum / p.ntokens.max(1) as f64)?,
-        loss_sum,
-        ce_sum,
-        nll_sum,
-        kl_sum: Some(kl_sum),
-        ntokens: p.ntokens,
-    })
+    rdrop_parts(ce_sum, nll_sum, kl, alpha, p.ntokens)
 }
 
 #[cfg(test)]
