@@ -368,19 +368,7 @@ impl StepDecoder for MarianStepper<'_> {
     }
 
     fn select(&mut self, rows: &[u32], same_sources: bool) -> Result<()> {
-        let idx = Tensor::from_slice(rows, rows.len(), &self.device)?;
-        if same_sources {
-            // The beams of one sentence share its cross-attention keys/values and source mask, so
-            // reordering beams within sentences leaves those rows unchanged: only the self-attention
-            // cache moves (the cross-attention copy would cost as much again per step).
-            for (k, v) in self.cache.self_kv.iter_mut().flatten() {
-                *k = k.index_select(&idx, 0)?;
-                *v = v.index_select(&idx, 0)?;
-            }
-        } else {
-            self.cache = self.cache.select(&idx)?;
-        }
-        Ok(())
+        Ok(self.cache.reorder(rows, same_sources)?)
     }
 }
 

@@ -12,6 +12,9 @@
 //!   [`DropoutRng`] whose state can be saved and restored.
 //! - [`cache::DecoderCache`]: incremental decoding state (cross-attention K/V computed once per
 //!   source, self-attention K/V growing per step; `select` reorders or drops rows for beam search).
+//!   On the CPU in f32 the keys and values stay in host memory behind per-row tables, so reordering
+//!   copies nothing, and frozen weights (loaded, not trained) are kept transposed for the small
+//!   matrix products of decoding.
 //! - [`checkpoint`]: find a model (directory, weights file, or hub id via hf-hub's cache, offline with
 //!   `HF_HUB_OFFLINE=1`), load `model.safetensors` or zip `pytorch_model.bin`, and save
 //!   `config.json` + `model.safetensors` that transformers loads with identical outputs.

@@ -7,7 +7,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::cache::DecoderCache;
+use crate::cache::{host_vec, with_host_f32, DecoderCache, HostKv, Kv};
 use crate::config::{Activation, Config};
 use crate::dropout::Mode;
 use crate::error::{Error, Result};
@@ -55,8 +55,19 @@ impl LayerNorm {
 /// is a matrix product (see [`ops::add_bias`]).
 #[derive(Debug, Clone)]
 struct Linear {
+    /// `[out, in]`, or `[in, out]` when `transposed`.
     weight: Tensor,
+    /// Frozen CPU weights are stored transposed: the CPU matrix product packs a `[out, in]`
+    /// right-hand side into column panels on every call, which costs more than the product itself
+    /// for decoding's few rows (1.3-5x on 32 rows, `examples/matmul_layouts.rs`).
+    transposed: bool,
     bias: Tensor,
+}
+
+/// Whether a weight is better kept transposed: on the CPU, and when nothing trains it (a weight
+/// that trains changes under any copy of it).
+fn keep_transposed(w: &Tensor) -> bool {
+    w.device().is_cpu() && !w.track_op()
 }
 
 impl Linear {
@@ -66,21 +77,37 @@ impl Linear {
             .bias()
             .cloned()
             .ok_or_else(|| Error::Input("linear layer without a bias".into()))?;
+        let transposed = keep_transposed(l.weight());
+        let weight = if transposed {
+            l.weight().t()?.contiguous()?
+        } else {
+            l.weight().clone()
+        };
         Ok(Linear {
-            weight: l.weight().clone(),
+            weight,
+            transposed,
             bias,
         })
+    }
+
+    fn d_out(&self) -> Result<usize> {
+        Ok(self.weight.dim(if self.transposed { 1 } else { 0 })?)
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = dims.last().copied().unwrap_or(1);
         let rows = x.elem_count() / d_in.max(1);
-        let y = x.reshape((rows, d_in))?.matmul(&self.weight.t()?)?;
+        let x = x.reshape((rows, d_in))?;
+        let y = if self.transposed {
+            x.matmul(&self.weight)?
+        } else {
+            x.matmul(&self.weight.t()?)?
+        };
         let y = ops::add_bias(&y, &self.bias)?;
         let mut out = dims;
         if let Some(last) = out.last_mut() {
-            *last = self.weight.dim(0)?;
+            *last = self.d_out()?;
         }
         Ok(y.reshape(out)?)
     }
@@ -177,6 +204,32 @@ impl Attention {
         let probs = mode.dropout(&probs, self.dropout)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
         self.out_proj.forward(&out)
+    }
+
+    /// Incremental decoding's attention, eval mode: one query position per row, `x` `[B, 1, D]`,
+    /// against keys/values `[B, H, T, dh]` -> `[B, 1, D]`.
+    fn attend_one(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let h = ops::single_query_attention(&q, k, v, mask, scale)?;
+        self.out_proj.forward(&h)
+    }
+
+    /// Keys and values of one new position per row, `x` `[B, 1, D]`: `[B, H, 1, dh]` each (the
+    /// projection's rows already hold the heads side by side, so no copy is needed).
+    fn key_values_one(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = x.dim(0)?;
+        let shape = (b, self.heads, 1, self.head_dim);
+        Ok((
+            self.k_proj.forward(x)?.reshape(shape)?,
+            self.v_proj.forward(x)?.reshape(shape)?,
+        ))
     }
 
     fn forward(
@@ -293,21 +346,18 @@ impl DecoderLayer {
         })
     }
 
-    /// The two blocks after self-attention, shared by the full and the incremental pass.
+    /// The two blocks after self-attention, shared by the full and the incremental passes;
+    /// `cross` maps the normalised `x` to the cross-attention block's output.
     fn cross_and_ffn(
         &self,
         x: &Tensor,
         self_out: &Tensor,
-        cross: (&Tensor, &Tensor),
-        cross_mask: &Tensor,
+        cross: impl FnOnce(&Tensor) -> Result<Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
         let h = mode.dropout(self_out, self.dropout)?;
         let x = self.self_attn_layer_norm.forward(&(x + h)?)?;
-        let q = self.encoder_attn.query(&x)?;
-        let h = self
-            .encoder_attn
-            .attend(&q, cross.0, cross.1, Some(cross_mask), mode)?;
+        let h = cross(&x)?;
         let h = mode.dropout(&h, self.dropout)?;
         let x = self.encoder_attn_layer_norm.forward(&(x + h)?)?;
         let h = self.ffn.forward(&x, mode)?;
@@ -327,7 +377,11 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let h = self.self_attn.forward(x, x, Some(causal), mode)?;
         let (k, v) = self.encoder_attn.key_values(enc)?;
-        self.cross_and_ffn(x, &h, (&k, &v), cross_mask, mode)
+        let cross = |x: &Tensor| {
+            let q = self.encoder_attn.query(x)?;
+            self.encoder_attn.attend(&q, &k, &v, Some(cross_mask), mode)
+        };
+        self.cross_and_ffn(x, &h, cross, mode)
     }
 }
 
@@ -360,6 +414,9 @@ pub struct MarianModel {
     encoder_embed: Tensor,
     decoder_embed: Tensor,
     lm_head: Tensor,
+    /// `lm_head` transposed, for frozen CPU weights (see [`Linear`]); the embedding lookups need
+    /// the `[V, D]` original, so tied weights are then held twice.
+    lm_head_t: Option<Tensor>,
     final_logits_bias: Tensor,
     encoder_layers: Vec<EncoderLayer>,
     decoder_layers: Vec<DecoderLayer>,
@@ -425,11 +482,17 @@ impl MarianModel {
             &device,
         )?
         .to_dtype(dtype)?;
+        let lm_head_t = if keep_transposed(&lm_head) {
+            Some(lm_head.t()?.contiguous()?)
+        } else {
+            None
+        };
         Ok(MarianModel {
             cfg: cfg.clone(),
             encoder_embed,
             decoder_embed,
             lm_head,
+            lm_head_t,
             final_logits_bias,
             encoder_layers,
             decoder_layers,
@@ -595,7 +658,10 @@ impl MarianModel {
         let dims = hidden.dims().to_vec();
         let d = self.cfg.d_model;
         let rows = hidden.elem_count() / d;
-        let flat = hidden.reshape((rows, d))?.matmul(&self.lm_head.t()?)?;
+        let flat = match &self.lm_head_t {
+            Some(t) => hidden.reshape((rows, d))?.matmul(t)?,
+            None => hidden.reshape((rows, d))?.matmul(&self.lm_head.t()?)?,
+        };
         // A buffer in transformers, never trained: detached, so no gradient is summed for it.
         let bias = self.final_logits_bias.detach().flatten_all()?;
         let flat = ops::add_bias(&flat, &bias)?;
@@ -641,10 +707,36 @@ impl MarianModel {
             .iter()
             .map(|l| l.encoder_attn.key_values(enc))
             .collect::<Result<Vec<_>>>()?;
+        if !(self.device.is_cpu() && self.dtype == DType::F32) {
+            return Ok(DecoderCache {
+                kv: Kv::Tensors {
+                    self_kv: vec![None; self.decoder_layers.len()],
+                    cross_kv,
+                    cross_mask,
+                },
+                len: 0,
+            });
+        }
+        let n_layers = self.decoder_layers.len();
+        let (mut cross_k, mut cross_v) = (Vec::new(), Vec::new());
+        for (k, v) in &cross_kv {
+            cross_k.push(host_vec(k)?);
+            cross_v.push(host_vec(v)?);
+        }
         Ok(DecoderCache {
-            self_kv: vec![None; self.decoder_layers.len()],
-            cross_kv,
-            cross_mask,
+            kv: Kv::Host(HostKv {
+                heads: self.cfg.decoder_attention_heads,
+                head_dim: self.cfg.d_model / self.cfg.decoder_attention_heads,
+                self_k: vec![Vec::new(); n_layers],
+                self_v: vec![Vec::new(); n_layers],
+                entries: vec![Vec::new(); b],
+                n_entries: 0,
+                cross_k,
+                cross_v,
+                cross_mask: host_vec(&cross_mask)?,
+                src_len: s,
+                source: (0..b as u32).collect(),
+            }),
             len: 0,
         })
     }
@@ -664,26 +756,111 @@ impl MarianModel {
                 cache.batch_size()
             )));
         }
-        let mode = Mode::Eval;
         let mut x = self.embed(
             &self.decoder_embed,
             &tokens.to_device(&self.device)?.unsqueeze(1)?,
             cache.len,
         )?;
-        for (i, layer) in self.decoder_layers.iter().enumerate() {
-            let q = layer.self_attn.query(&x)?;
-            let (k_new, v_new) = layer.self_attn.key_values(&x)?;
-            let (k, v) = match &cache.self_kv[i] {
-                Some((k, v)) => (Tensor::cat(&[k, &k_new], 2)?, Tensor::cat(&[v, &v_new], 2)?),
-                None => (k_new, v_new),
-            };
-            // The newest position sees every cached one: no mask.
-            let h = layer.self_attn.attend(&q, &k, &v, None, mode)?;
-            cache.self_kv[i] = Some((k, v));
-            let (ck, cv) = &cache.cross_kv[i];
-            x = layer.cross_and_ffn(&x, &h, (ck, cv), &cache.cross_mask, mode)?;
+        match &mut cache.kv {
+            Kv::Tensors {
+                self_kv,
+                cross_kv,
+                cross_mask,
+            } => {
+                for (i, layer) in self.decoder_layers.iter().enumerate() {
+                    let (k_new, v_new) = layer.self_attn.key_values_one(&x)?;
+                    let (k, v) = match &self_kv[i] {
+                        Some((k, v)) => {
+                            (Tensor::cat(&[k, &k_new], 2)?, Tensor::cat(&[v, &v_new], 2)?)
+                        }
+                        None => (k_new, v_new),
+                    };
+                    // The newest position sees every cached one: no mask.
+                    let h = layer.self_attn.attend_one(&x, &k, &v, None)?;
+                    self_kv[i] = Some((k, v));
+                    let (ck, cv) = &cross_kv[i];
+                    let cross =
+                        |x: &Tensor| layer.encoder_attn.attend_one(x, ck, cv, Some(&*cross_mask));
+                    x = layer.cross_and_ffn(&x, &h, cross, Mode::Eval)?;
+                }
+            }
+            Kv::Host(host) => {
+                let base = host.n_entries as u32;
+                for (row, e) in host.entries.iter_mut().enumerate() {
+                    e.push(base + row as u32);
+                }
+                host.n_entries += b;
+                for (i, layer) in self.decoder_layers.iter().enumerate() {
+                    x = self.host_layer_step(layer, i, &x, host)?;
+                }
+            }
         }
         cache.len += 1;
         self.logits(&x.squeeze(1)?)
+    }
+
+    /// One decoder layer of a step on the host cache, whose tables already hold this step's
+    /// entries: `x` `[B, 1, D]`.
+    fn host_layer_step(
+        &self,
+        layer: &DecoderLayer,
+        i: usize,
+        x: &Tensor,
+        host: &mut HostKv,
+    ) -> Result<Tensor> {
+        let (heads, dh) = (host.heads, host.head_dim);
+        let d = heads * dh;
+        let rows = x.dim(0)?;
+        let scale = (dh as f64).powf(-0.5);
+        let attn = &layer.self_attn;
+        with_host_f32(&attn.k_proj.forward(x)?, |k| {
+            host.self_k[i].extend_from_slice(k)
+        })?;
+        with_host_f32(&attn.v_proj.forward(x)?, |v| {
+            host.self_v[i].extend_from_slice(v)
+        })?;
+        let q = attn.q_proj.forward(x)?;
+        let entries = &host.entries;
+        let len = entries.first().map_or(0, |e| e.len());
+        let out = with_host_f32(&q, |q| {
+            ops::attend_rows(
+                q,
+                &host.self_k[i],
+                &host.self_v[i],
+                heads,
+                dh,
+                len,
+                scale,
+                |r, h, t| entries[r][t] as usize * d + h * dh,
+                None,
+            )
+        })?;
+        let h = attn
+            .out_proj
+            .forward(&Tensor::from_vec(out, (rows, 1, d), &self.device)?)?;
+        let host = &*host;
+        let cross = |x: &Tensor| {
+            let attn = &layer.encoder_attn;
+            let q = attn.q_proj.forward(x)?;
+            let s = host.src_len;
+            let source = &host.source;
+            let mask = |r: usize, t: usize| host.cross_mask[source[r] as usize * s + t];
+            let out = with_host_f32(&q, |q| {
+                ops::attend_rows(
+                    q,
+                    &host.cross_k[i],
+                    &host.cross_v[i],
+                    heads,
+                    dh,
+                    s,
+                    scale,
+                    |r, h, t| ((source[r] as usize * heads + h) * s + t) * dh,
+                    Some(&mask),
+                )
+            })?;
+            attn.out_proj
+                .forward(&Tensor::from_vec(out, (rows, 1, d), &self.device)?)
+        };
+        layer.cross_and_ffn(x, &h, cross, Mode::Eval)
     }
 }

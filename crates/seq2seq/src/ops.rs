@@ -6,6 +6,7 @@
 //! index arithmetic; here those gradients are a matrix product (bias) or per-chunk sums (norm).
 //! Other devices and dtypes use the composed ops, which the tests also use as the reference.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 
@@ -326,6 +327,247 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// Attention of one query position per row, incremental decoding's case:
+/// `softmax(q·scale·kᵀ + mask)·v` with `q` `[B, 1, H·dh]` (heads side by side, as the projection
+/// leaves them), `k`/`v` `[B, H, T, dh]` and an optional additive `mask` `[B, 1, 1, T]`; returns
+/// `[B, 1, H·dh]`, the layout the output projection takes.
+///
+/// On the CPU (f32/f64) one pass per (row, head) computes the scores, their softmax and the
+/// weighted sum; candle's batched product would run two tiny matrix products per (row, head), one
+/// after the other. No backward: decoding only.
+pub fn single_query_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, h, t, dh) = k.dims4()?;
+    if q.dims() != [b, 1, h * dh] || v.dims() != [b, h, t, dh] {
+        candle_core::bail!(
+            "single-query attention: q {:?}, k {:?}, v {:?}",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        )
+    }
+    if let Some(m) = mask {
+        if m.dims() != [b, 1, 1, t] {
+            candle_core::bail!(
+                "single-query attention: mask {:?} for keys {:?}",
+                m.dims(),
+                k.dims()
+            )
+        }
+    }
+    if fused(q) && q.dtype() == k.dtype() && q.dtype() == v.dtype() && !q.track_op() {
+        let mask = match mask {
+            Some(m) => Some(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        q.contiguous()?.apply_op3_no_bwd(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            &SingleQueryAttention {
+                heads: h,
+                scale,
+                mask,
+            },
+        )
+    } else {
+        single_query_attention_composed(q, k, v, mask, scale)
+    }
+}
+
+/// [`single_query_attention`] from candle's ops: the reference, and the path on other devices.
+pub fn single_query_attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, h, _, dh) = k.dims4()?;
+    let q = (q * scale)?.reshape((b, h, 1, dh))?;
+    let scores = q.matmul(&k.transpose(2, 3)?)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    let dtype = scores.dtype();
+    let scores = match dtype {
+        DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
+        _ => scores,
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    probs.matmul(v)?.reshape((b, 1, h * dh))
+}
+
+/// The float types the attention kernel runs in.
+pub(crate) trait Float: WithDType {
+    fn exp(self) -> Self;
+}
+
+impl Float for f32 {
+    fn exp(self) -> Self {
+        f32::exp(self)
+    }
+}
+
+impl Float for f64 {
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+}
+
+struct SingleQueryAttention {
+    heads: usize,
+    scale: f64,
+    /// Additive mask `[B, T]`.
+    mask: Option<Vec<f32>>,
+}
+
+/// `Σ a_i·b_i` with independent partial sums, so the compiler can keep them in vector registers.
+fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..LANES {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut total = T::zero();
+    for (x, y) in ra.iter().zip(rb) {
+        total += *x * *y;
+    }
+    for a in acc {
+        total += a;
+    }
+    total
+}
+
+/// The attention kernel behind [`single_query_attention`] and the host decoding cache. For every
+/// row `r` and head `h`: the softmax over positions `t < len` of `q[r, h]·scale · k[at(r, h, t)]
+/// + mask(r, t)`, then the sum of `v[at(r, h, t)]` weighted by it. `q` and the result are
+/// `[rows, heads·dh]`; every key and value is a run of `dh` elements at offset `at(r, h, t)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_rows<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    heads: usize,
+    dh: usize,
+    len: usize,
+    scale: f64,
+    at: impl Fn(usize, usize, usize) -> usize + Sync,
+    mask: Option<&(dyn Fn(usize, usize) -> f32 + Sync)>,
+) -> Vec<T> {
+    let scale = T::from_f64(scale);
+    let mut out = vec![T::zero(); q.len()];
+    out.par_chunks_mut(dh)
+        .with_min_len(4)
+        .enumerate()
+        .for_each(|(rh, o)| {
+            let (r, h) = (rh / heads, rh % heads);
+            let qs: Vec<T> = q[rh * dh..(rh + 1) * dh]
+                .iter()
+                .map(|&x| x * scale)
+                .collect();
+            let mut scores: Vec<T> = (0..len)
+                .map(|t| {
+                    let at = at(r, h, t);
+                    dot(&qs, &k[at..at + dh])
+                })
+                .collect();
+            if let Some(mask) = mask {
+                for (t, s) in scores.iter_mut().enumerate() {
+                    *s += T::from_f64(mask(r, t) as f64);
+                }
+            }
+            let max = scores
+                .iter()
+                .copied()
+                .fold(
+                    T::from_f64(f64::NEG_INFINITY),
+                    |a, b| if b > a { b } else { a },
+                );
+            let mut sum = T::zero();
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            for (t, p) in scores.iter().enumerate() {
+                let p = *p / sum;
+                let at = at(r, h, t);
+                for (o, &x) in o.iter_mut().zip(&v[at..at + dh]) {
+                    *o += p * x;
+                }
+            }
+        });
+    out
+}
+
+impl SingleQueryAttention {
+    /// `q` `[B·H, dh]`, `k`/`v` `[B·H, t, dh]` -> `[B·H, dh]`.
+    fn run<T: Float>(&self, q: &[T], k: &[T], v: &[T], t: usize, dh: usize) -> Vec<T> {
+        let heads = self.heads;
+        let mask = self.mask.as_deref();
+        let mask_at = |r: usize, s: usize| mask.map_or(0.0, |m| m[r * t + s]);
+        attend_rows(
+            q,
+            k,
+            v,
+            heads,
+            dh,
+            t,
+            self.scale,
+            |r, h, s| ((r * heads + h) * t + s) * dh,
+            mask.map(|_| &mask_at as &(dyn Fn(usize, usize) -> f32 + Sync)),
+        )
+    }
+}
+
+impl CustomOp3 for SingleQueryAttention {
+    fn name(&self) -> &'static str {
+        "rdrop-single-query-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sq: &CpuStorage,
+        lq: &Layout,
+        sk: &CpuStorage,
+        lk: &Layout,
+        sv: &CpuStorage,
+        lv: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (_, _, t, dh) = lk.shape().dims4()?;
+        let out = match sq {
+            CpuStorage::F32(_) => CpuStorage::F32(self.run(
+                contiguous::<f32>(sq, lq)?,
+                contiguous(sk, lk)?,
+                contiguous(sv, lv)?,
+                t,
+                dh,
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(self.run(
+                contiguous::<f64>(sq, lq)?,
+                contiguous(sk, lk)?,
+                contiguous(sv, lv)?,
+                t,
+                dh,
+            )),
+            other => candle_core::bail!(
+                "single-query attention: no CPU kernel for {:?}",
+                other.dtype()
+            ),
+        };
+        Ok((out, lq.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The kernels against the composed ops: values and every gradient.
@@ -399,5 +641,36 @@ mod tests {
         {
             close("grad", a, c);
         }
+    }
+
+    #[test]
+    fn single_query_attention_matches_composed_ops() {
+        // 3 rows, 2 heads of width 20 (not a multiple of the dot product's 16 lanes), 5 keys.
+        let t = |v: Var| v.as_tensor().detach();
+        let (q, k, v) = (
+            t(random(&[3, 1, 40], 6)),
+            t(random(&[3, 2, 5, 20], 7)),
+            t(random(&[3, 2, 5, 20], 8)),
+        );
+        // Row 1 sees only its first 2 keys, as a padded source would leave it.
+        let mut m = vec![0f64; 15];
+        m[7..10].fill(-1e9);
+        let mask = Tensor::from_vec(m, (3, 1, 1, 5), &Device::Cpu).unwrap();
+        for mask in [None, Some(&mask)] {
+            let fused = single_query_attention(&q, &k, &v, mask, 0.3).unwrap();
+            let composed = single_query_attention_composed(&q, &k, &v, mask, 0.3).unwrap();
+            close("value", &fused, &composed);
+        }
+        // The masked keys have no influence at all.
+        let fused = single_query_attention(&q, &k, &v, Some(&mask), 0.3).unwrap();
+        let first_two = single_query_attention(
+            &q.narrow(0, 1, 1).unwrap(),
+            &k.narrow(0, 1, 1).unwrap().narrow(2, 0, 2).unwrap(),
+            &v.narrow(0, 1, 1).unwrap().narrow(2, 0, 2).unwrap(),
+            None,
+            0.3,
+        )
+        .unwrap();
+        close("mask", &fused.narrow(0, 1, 1).unwrap(), &first_two);
     }
 }

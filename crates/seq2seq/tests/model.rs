@@ -10,10 +10,26 @@ use rdrop_seq2seq::{checkpoint, MarianModel, Mode};
 const LOGIT_TOL: f32 = 1e-4;
 
 fn load(variant: &str) -> MarianModel {
+    load_as(variant, DType::F32)
+}
+
+fn load_as(variant: &str, dtype: DType) -> MarianModel {
     let dir = fixture_dir(variant);
-    checkpoint::load(dir.to_str().expect("utf-8 path"), DType::F32, &Device::Cpu)
+    checkpoint::load(dir.to_str().expect("utf-8 path"), dtype, &Device::Cpu)
         .expect("load fixture")
         .1
+}
+
+/// The two kinds of decoding cache: an f32 model on the CPU keeps keys and values in host memory
+/// behind per-row tables, any other (f64 here) in tensors that reordering copies.
+const CACHE_KINDS: [DType; 2] = [DType::F32, DType::F64];
+
+/// Largest difference of two tensors of any float dtype.
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(
+        &a.to_dtype(DType::F32).expect("f32"),
+        &b.to_dtype(DType::F32).expect("f32"),
+    )
 }
 
 #[test]
@@ -153,9 +169,9 @@ fn greedy_ids_match_transformers_generate() {
 
 #[test]
 fn incremental_decoding_equals_full_forward() {
-    for variant in VARIANTS {
+    for (variant, dtype) in VARIANTS.iter().flat_map(|v| CACHE_KINDS.map(|d| (*v, d))) {
         let r = Reference::load(variant);
-        let model = load(variant);
+        let model = load_as(variant, dtype);
         let (src, mask, tgt_in) = (
             r.tensor("src_ids"),
             r.tensor("src_mask"),
@@ -171,10 +187,10 @@ fn incremental_decoding_equals_full_forward() {
             let step = model
                 .decode_step(&tgt_in.i((.., t)).expect("col"), &mut cache)
                 .expect("step");
-            let err = max_abs_diff(&step, &full.i((.., t, ..)).expect("slice"));
+            let err = max_diff(&step, &full.i((.., t, ..)).expect("slice"));
             assert!(
                 err <= 1e-4,
-                "{variant}: step {t} differs from the full pass by {err}"
+                "{variant} {dtype:?}: step {t} differs from the full pass by {err}"
             );
         }
         assert_eq!(cache.len(), t_len);
@@ -184,35 +200,43 @@ fn incremental_decoding_equals_full_forward() {
 #[test]
 fn cache_select_reorders_and_drops_rows() {
     let r = Reference::load("opus");
-    let model = load("opus");
-    let (src, mask, tgt_in) = (
-        r.tensor("src_ids"),
-        r.tensor("src_mask"),
-        r.tensor("tgt_in"),
-    );
-    let enc = model.encode(&src, &mask, Mode::Eval).expect("encode");
-    let full = model
-        .decode(&tgt_in, &enc, &mask, Mode::Eval)
-        .expect("decode");
-    let mut cache = model.new_cache(&enc, &mask).expect("cache");
-    for t in 0..3 {
-        model
-            .decode_step(&tgt_in.i((.., t)).expect("col"), &mut cache)
-            .expect("step");
-    }
-    // Beam-style reordering with a repeat, and row 1 dropped.
-    let rows = Tensor::new(&[2u32, 0, 0], &Device::Cpu).expect("rows");
-    let mut picked = cache.select(&rows).expect("select");
-    assert_eq!(picked.batch_size(), 3);
-    assert_eq!(picked.len(), 3);
-    let tin = tgt_in.index_select(&rows, 0).expect("rows of tgt_in");
-    let want = full.index_select(&rows, 0).expect("rows of logits");
-    for t in 3..5 {
-        let step = model
-            .decode_step(&tin.i((.., t)).expect("col"), &mut picked)
-            .expect("step");
-        let err = max_abs_diff(&step, &want.i((.., t, ..)).expect("slice"));
-        assert!(err <= 1e-4, "step {t} after select differs by {err}");
+    for dtype in CACHE_KINDS {
+        let model = load_as("opus", dtype);
+        let (src, mask, tgt_in) = (
+            r.tensor("src_ids"),
+            r.tensor("src_mask"),
+            r.tensor("tgt_in"),
+        );
+        let enc = model.encode(&src, &mask, Mode::Eval).expect("encode");
+        let full = model
+            .decode(&tgt_in, &enc, &mask, Mode::Eval)
+            .expect("decode");
+        let mut cache = model.new_cache(&enc, &mask).expect("cache");
+        for t in 0..3 {
+            model
+                .decode_step(&tgt_in.i((.., t)).expect("col"), &mut cache)
+                .expect("step");
+        }
+        // Beam-style reordering with a repeat, and row 1 dropped.
+        let rows = Tensor::new(&[2u32, 0, 0], &Device::Cpu).expect("rows");
+        let mut picked = cache.select(&rows).expect("select");
+        assert_eq!(picked.batch_size(), 3);
+        assert_eq!(picked.len(), 3);
+        let tin = tgt_in.index_select(&rows, 0).expect("rows of tgt_in");
+        let want = full.index_select(&rows, 0).expect("rows of logits");
+        for t in 3..5 {
+            let step = model
+                .decode_step(&tin.i((.., t)).expect("col"), &mut picked)
+                .expect("step");
+            let err = max_diff(&step, &want.i((.., t, ..)).expect("slice"));
+            assert!(
+                err <= 1e-4,
+                "{dtype:?}: step {t} after select differs by {err}"
+            );
+        }
+        // A row index past the batch is an error, not a panic.
+        let bad = Tensor::new(&[3u32], &Device::Cpu).expect("rows");
+        assert!(cache.select(&bad).is_err());
     }
 }
 
