@@ -10,8 +10,12 @@
 #
 # rdrop times are whole-process wall times (model loading and start-up included, median of REPEATS);
 # the peers time only their translate calls after a warm-up batch, so the comparison favours the peers.
-# Set THREADS to match the peers' thread count (default 2 = this machine's cores); other load on the
-# machine skews all numbers: the 1-minute load average is printed with each rdrop run.
+# THREADS (default 2 = this machine's cores) is every engine's thread count. The peers' script splits
+# each batch's operations across them (intra-op); rdrop decodes THREADS batches at once, one thread
+# each (`--threads`, as marian-decoder's --cpu-threads). CTranslate2 can work that way too
+# (inter_threads), so it is also timed like that here, on all sources in one translate_batch call
+# split into batches of 32 ("ctranslate2-inter" rows). Other load on the machine skews all numbers:
+# the 1-minute load average is printed with each rdrop run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -38,6 +42,36 @@ OUT=$WORK/translate.jsonl
 "$PY" "$PEERS/bench_translate.py" --engines hf,ct2 --model-dir "$MODEL" --n $N --src-len $SRC_LEN \
     --batch $BATCH --max-new $MAX_NEW --threads "$THREADS" --repeats "$REPEATS" --json-out "$OUT" >/dev/null
 
+# CTranslate2 with THREADS workers of one thread each, over the same sources.
+"$PY" - "$PEERS" "$MODEL" $N $SRC_LEN $BATCH $MAX_NEW "$THREADS" "$REPEATS" >> "$OUT" <<'EOF'
+import json, os, statistics, sys, time
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, sys.argv[1])
+import ctranslate2
+from bench_translate import make_sources
+model, n, src_len, batch, max_new, threads, repeats = sys.argv[2], *map(int, sys.argv[3:])
+vocab = json.load(open(model + "/vocab.json"))
+id2tok = {i: t for t, i in vocab.items()}
+srcs = [[id2tok[i] for i in s] for s in make_sources(n, src_len, len(vocab), 0)]
+tr = ctranslate2.Translator(model + "-ct2", device="cpu", compute_type="float32",
+                            intra_threads=1, inter_threads=threads)
+for k in (1, 4):
+    kw = dict(beam_size=k, max_decoding_length=max_new, min_decoding_length=max_new,
+              max_batch_size=batch, batch_type="examples")
+    tr.translate_batch(srcs[:batch], **kw)  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = tr.translate_batch(srcs, **kw)
+        runs.append(time.perf_counter() - t0)
+    assert all(len(r.hypotheses[0]) == max_new for r in out)
+    med = statistics.median(runs)
+    print(json.dumps(dict(bench="translate", impl="ctranslate2-inter", engine_version=ctranslate2.__version__,
+                          beams=k, n=n, max_new=max_new, threads=threads, intra_threads=1, inter_threads=threads,
+                          wall_s_runs=[round(r, 3) for r in runs], median_wall_s=round(med, 3),
+                          sent_per_s=round(n / med, 2))))
+EOF
+
 # The same sources, as token-id lines.
 "$PY" - "$PEERS" "$MODEL" $N $SRC_LEN > "$WORK/sources.ids" <<'EOF'
 import json, sys
@@ -56,7 +90,6 @@ else
     cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml" --bin rdrop
     RDROP=$CARGO_TARGET_DIR/release/rdrop
 fi
-export RAYON_NUM_THREADS=$THREADS
 
 for BEAM in 1 4; do
     runs=()
@@ -64,7 +97,7 @@ for BEAM in 1 4; do
         load=$(cut -d' ' -f1 /proc/loadavg)
         t0=$(date +%s.%N)
         "$RDROP" translate --model "$MODEL" --token-ids --beam "$BEAM" --max-new-tokens $MAX_NEW \
-            --min-new-tokens $MAX_NEW --batch-size $BATCH --batch-tokens 1000000 --quiet \
+            --min-new-tokens $MAX_NEW --batch-size $BATCH --batch-tokens 1000000 --threads "$THREADS" --quiet \
             < "$WORK/sources.ids" > "$WORK/rdrop-beam$BEAM.ids"
         t1=$(date +%s.%N)
         runs+=("$(echo "$t1 - $t0" | bc)")

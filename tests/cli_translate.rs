@@ -104,7 +104,7 @@ fn file_input_with_empty_lines_and_small_batches_keeps_order() {
         }
     }
     let inp = sb.write("in.txt", input.join("\n") + "\n");
-    // Tiny batches force several length-sorted batches per chunk.
+    // Tiny batches force several length-sorted batches per chunk, decoded 3 at a time.
     sb.rdrop()
         .args([
             "translate",
@@ -118,6 +118,8 @@ fn file_input_with_empty_lines_and_small_batches_keeps_order() {
         .args([
             "--batch-tokens",
             "24",
+            "--threads",
+            "3",
             "--input",
             inp.to_str().unwrap(),
             "--output",

@@ -64,6 +64,11 @@ pub struct Args {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CPU threads; default: one per core. Batches are decoded this many at a time, one thread
+    /// each, as marian-decoder's --cpu-threads does: decoding's matrices are too small to split
+    /// well across threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Input and output lines are space-separated token ids instead of text (no tokenizer needed;
     /// `</s>` is appended to sources that lack it, output ids include the final `</s>`).
     #[arg(long)]
@@ -236,8 +241,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.batch_tokens == 0 || args.batch_size == 0 {
         bail!("--batch-tokens and --batch-size must be at least 1");
     }
-    pin_thread_count();
+    if args.threads == Some(0) {
+        bail!("--threads must be at least 1");
+    }
     let device = rdrop_seq2seq::device::parse_device(&args.device)?;
+    // A GPU runs one batch at a time; on the CPU each worker thread decodes its own batches, so the
+    // tensor operations themselves stay on the thread that calls them (unless the environment says
+    // otherwise).
+    let workers = if device.is_cpu() {
+        set_env_default("RAYON_NUM_THREADS", "1");
+        set_env_default("CANDLE_NUM_THREADS", "1");
+        args.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    } else {
+        pin_thread_count();
+        1
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .context("cannot start the decoding threads")?;
     let model_dir = rdrop_seq2seq::checkpoint::resolve(&args.model)
         .with_context(|| format!("cannot find model `{}`", args.model))?;
     let cfg = decoding_config(&args, Some(&model_dir))?;
@@ -348,7 +371,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             srcs.push(Some(ids));
         }
-        let hyps = translate_chunk(&model, &srcs, &cfg, args.batch_tokens, args.batch_size)?;
+        let hyps = translate_chunk(
+            &pool,
+            &model,
+            &srcs,
+            &cfg,
+            args.batch_tokens,
+            args.batch_size,
+        )?;
         for (l, h) in good.iter().zip(&hyps) {
             write_hyps(&mut out, &codec, n_sent, h, args.nbest)?;
             n_sent += 1;
@@ -377,28 +407,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Translates the non-empty sources of a chunk in length-sorted batches; returns hypotheses in input
-/// order (empty for empty lines).
+/// Translates the non-empty sources of a chunk in length-sorted batches, as many at a time as `pool`
+/// has threads; returns hypotheses in input order (empty for empty lines).
 fn translate_chunk(
+    pool: &rayon::ThreadPool,
     model: &rdrop_seq2seq::model::MarianModel,
     srcs: &[Option<Vec<u32>>],
     cfg: &GenerateConfig,
     batch_tokens: usize,
     batch_size: usize,
 ) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
+    use rayon::prelude::*;
     let idx: Vec<usize> = (0..srcs.len()).filter(|&i| srcs[i].is_some()).collect();
     let lens: Vec<usize> = idx
         .iter()
         .map(|&i| srcs[i].as_ref().map_or(0, |s| s.len()))
         .collect();
+    let batches = generate::batches_by_tokens(&lens, batch_tokens, batch_size);
+    let results: Vec<_> = pool.install(|| {
+        batches
+            .par_iter()
+            .with_max_len(1)
+            .map(|batch| {
+                let batch_srcs: Vec<Vec<u32>> = batch
+                    .iter()
+                    .map(|&j| srcs[idx[j]].clone().unwrap_or_default())
+                    .collect();
+                generate::generate(model, &batch_srcs, cfg)
+            })
+            .collect()
+    });
     let mut out: Vec<Vec<Hypothesis>> = vec![Vec::new(); srcs.len()];
-    for batch in generate::batches_by_tokens(&lens, batch_tokens, batch_size) {
-        let batch_srcs: Vec<Vec<u32>> = batch
-            .iter()
-            .map(|&j| srcs[idx[j]].clone().unwrap_or_default())
-            .collect();
-        let hyps = generate::generate(model, &batch_srcs, cfg)?;
-        for (&j, h) in batch.iter().zip(hyps) {
+    for (batch, hyps) in batches.iter().zip(results) {
+        for (&j, h) in batch.iter().zip(hyps?) {
             out[idx[j]] = h;
         }
     }
@@ -432,6 +473,13 @@ fn write_hyps(
         )?;
     }
     Ok(())
+}
+
+/// Sets an environment variable unless the user already has; only before any other thread exists.
+fn set_env_default(key: &str, value: &str) {
+    if std::env::var_os(key).is_none() {
+        std::env::set_var(key, value);
+    }
 }
 
 /// candle asks for its thread count on every CPU op and, when `RAYON_NUM_THREADS` is unset, finds it by
