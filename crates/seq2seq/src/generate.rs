@@ -628,11 +628,11 @@ fn process_row(
 /// `max + log(sum(exp(x - max)))`, the way torch's `log_softmax` subtracts it (`x - max - log_sum`
 /// is returned as `x - norm`, whose rounding differs from torch's only in the last bit).
 fn log_norm(x: &[f32]) -> f32 {
-    let max = fastmath::max(x);
+    let max = fastmath::max_best(x);
     if max == f32::NEG_INFINITY {
         return f32::INFINITY;
     }
-    let sum = fastmath::sum_exp_shifted(x, max);
+    let sum = fastmath::sum_exp_shifted_best(x, max);
     max + sum.ln()
 }
 
@@ -646,7 +646,19 @@ fn logp(x: f32, norm: f32) -> f32 {
 /// Row reductions for log-softmax, written so the compiler vectorises them: a beam step normalises
 /// `rows × vocab` logits, which would otherwise cost as much as the decoder itself on small models.
 mod fastmath {
+    use crate::ops::simd_dispatch;
+
     const LANES: usize = 16;
+
+    simd_dispatch! {
+        /// [`max`] with the fastest instructions the CPU has.
+        pub fn max_best => max, (x: &[f32]) -> f32
+    }
+
+    simd_dispatch! {
+        /// [`sum_exp_shifted`] with the fastest instructions the CPU has.
+        pub fn sum_exp_shifted_best => sum_exp_shifted, (x: &[f32], max: f32) -> f32
+    }
 
     /// `exp(x)` for `x <= 0` (Cephes' `expf` polynomial, within 2 ulp of the exact value); inputs
     /// below -87.3, `-inf` included, give a value below 2e-38, which no sum of probabilities notices.
@@ -667,6 +679,7 @@ mod fastmath {
     }
 
     /// The largest element (`-inf` for an empty or all `-inf` slice).
+    #[inline(always)]
     pub fn max(x: &[f32]) -> f32 {
         let mut acc = [f32::NEG_INFINITY; LANES];
         let chunks = x.chunks_exact(LANES);
@@ -684,6 +697,7 @@ mod fastmath {
     }
 
     /// `sum(exp(x - max))` with `max` the largest element.
+    #[inline(always)]
     pub fn sum_exp_shifted(x: &[f32], max: f32) -> f32 {
         let mut acc = [0f32; LANES];
         let chunks = x.chunks_exact(LANES);
@@ -700,15 +714,21 @@ mod fastmath {
         total as f32
     }
 
-    /// Calls `f(index, value)` for every element greater than `*threshold`, skipping whole blocks
-    /// whose maximum is not; `f` may raise the threshold.
-    pub fn for_each_above(x: &[f32], threshold: &mut f32, mut f: impl FnMut(usize, f32, &mut f32)) {
+    /// The `k` largest elements above `-inf` as `(value, index)`, best first, ties to the lower
+    /// index (into `top`, cleared first). Whole blocks whose maximum cannot enter are skipped.
+    #[inline(always)]
+    pub fn top_k(x: &[f32], k: usize, top: &mut Vec<(f32, u32)>) {
+        top.clear();
+        let mut threshold = f32::NEG_INFINITY;
         let mut start = 0;
         for c in x.chunks(LANES * 4) {
-            if max(c) > *threshold {
+            if max(c) > threshold {
                 for (j, &v) in c.iter().enumerate() {
-                    if v > *threshold {
-                        f(start + j, v, threshold);
+                    if v > threshold {
+                        super::push_top(top, k, v, (start + j) as u32);
+                        if top.len() == k {
+                            threshold = top[k - 1].0;
+                        }
                     }
                 }
             }
@@ -716,8 +736,40 @@ mod fastmath {
         }
     }
 
+    simd_dispatch! {
+        /// [`top_k`] with the fastest instructions the CPU has.
+        pub fn top_k_best => top_k, (x: &[f32], k: usize, top: &mut Vec<(f32, u32)>) -> ()
+    }
+
     #[cfg(test)]
     mod tests {
+        #[test]
+        fn top_k_equals_a_stable_sort() {
+            // 1000 values from a small set (many ties) with some -inf, against sorting by value
+            // descending with ties to the lower index.
+            let x: Vec<f32> = (0..1000u32)
+                .map(|i| {
+                    let h = i.wrapping_mul(2_654_435_761) >> 24;
+                    if h % 17 == 0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        (h % 23) as f32 * 0.5 - 3.0
+                    }
+                })
+                .collect();
+            let mut want: Vec<(f32, u32)> =
+                x.iter().enumerate().map(|(i, &v)| (v, i as u32)).collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut got = Vec::new();
+            for k in [1, 8, 40] {
+                super::top_k_best(&x, k, &mut got);
+                assert_eq!(got, want[..k].to_vec(), "k = {k}");
+                super::top_k(&x, k, &mut got);
+                assert_eq!(got, want[..k].to_vec(), "k = {k}, baseline");
+            }
+            assert_eq!(super::max_best(&x), want[0].0);
+        }
+
         #[test]
         fn exp_is_accurate_on_the_range_that_matters() {
             let mut worst = 0f64;
@@ -802,7 +854,7 @@ fn greedy(
 
 /// First index of the maximum (torch's `argmax` tie rule).
 fn argmax(x: &[f32]) -> (u32, f32) {
-    let m = fastmath::max(x);
+    let m = fastmath::max_best(x);
     let best = x.iter().position(|&v| v == m).unwrap_or(0);
     (best as u32, m)
 }
@@ -908,14 +960,8 @@ fn beam_search(
                     });
                     continue;
                 }
-                row_top.clear();
-                let mut threshold = f32::NEG_INFINITY;
-                fastmath::for_each_above(row, &mut threshold, |t, x, th| {
-                    push_top(&mut row_top, n_cand, x, t as u32);
-                    if row_top.len() == n_cand {
-                        *th = row_top[n_cand - 1].0;
-                    }
-                });
+                fastmath::top_k_best(row, n_cand, &mut row_top);
+
                 if row_top.len() < n_cand {
                     // Fewer than 2k tokens above -inf: transformers' top-k then takes -inf ones too.
                     for (t, &x) in row.iter().enumerate() {

@@ -406,17 +406,51 @@ pub fn single_query_attention_composed(
 /// The float types the attention kernel runs in.
 pub(crate) trait Float: WithDType {
     fn exp(self) -> Self;
+    /// [`attend_head`], with the fastest instructions the CPU has.
+    fn attend_head(
+        qs: &[Self],
+        k: &[Self],
+        v: &[Self],
+        offsets: &[usize],
+        mask: Option<&[Self]>,
+        scores: &mut [Self],
+        o: &mut [Self],
+    );
 }
 
 impl Float for f32 {
+    #[inline(always)]
     fn exp(self) -> Self {
         f32::exp(self)
+    }
+    fn attend_head(
+        qs: &[f32],
+        k: &[f32],
+        v: &[f32],
+        offsets: &[usize],
+        mask: Option<&[f32]>,
+        scores: &mut [f32],
+        o: &mut [f32],
+    ) {
+        attend_head_f32(qs, k, v, offsets, mask, scores, o)
     }
 }
 
 impl Float for f64 {
+    #[inline(always)]
     fn exp(self) -> Self {
         f64::exp(self)
+    }
+    fn attend_head(
+        qs: &[f64],
+        k: &[f64],
+        v: &[f64],
+        offsets: &[usize],
+        mask: Option<&[f64]>,
+        scores: &mut [f64],
+        o: &mut [f64],
+    ) {
+        attend_head(qs, k, v, offsets, mask, scores, o)
     }
 }
 
@@ -427,7 +461,45 @@ struct SingleQueryAttention {
     mask: Option<Vec<f32>>,
 }
 
+/// Defines `fn $name(args) -> R` that runs `$imp` compiled for the widest vector instructions this
+/// CPU has (AVX-512, AVX2, else the build's baseline). `$imp` and what its hot loops call must be
+/// `#[inline(always)]` (closures are not inlined into the wide copies). Loops written with
+/// independent lanes, as [`dot`], then use the wide registers; the results are the same on every
+/// path, since only the register width changes, not the order of operations.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* $vis:vis fn $name:ident => $imp:path, ($($a:ident : $t:ty),* $(,)?) -> $r:ty) => {
+        $(#[$m])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512($($a: $t),*) -> $r {
+                    $imp($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2($($a: $t),*) -> $r {
+                    $imp($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has just been found to support the instructions.
+                    return unsafe { avx512($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $imp($($a),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
+
 /// `Σ a_i·b_i` with independent partial sums, so the compiler can keep them in vector registers.
+#[inline(always)]
 fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
     const LANES: usize = 16;
     let mut acc = [T::zero(); LANES];
@@ -475,38 +547,65 @@ pub(crate) fn attend_rows<T: Float>(
                 .iter()
                 .map(|&x| x * scale)
                 .collect();
-            let mut scores: Vec<T> = (0..len)
-                .map(|t| {
-                    let at = at(r, h, t);
-                    dot(&qs, &k[at..at + dh])
-                })
-                .collect();
-            if let Some(mask) = mask {
-                for (t, s) in scores.iter_mut().enumerate() {
-                    *s += T::from_f64(mask(r, t) as f64);
-                }
-            }
-            let max = scores
-                .iter()
-                .copied()
-                .fold(
-                    T::from_f64(f64::NEG_INFINITY),
-                    |a, b| if b > a { b } else { a },
-                );
-            let mut sum = T::zero();
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for (t, p) in scores.iter().enumerate() {
-                let p = *p / sum;
-                let at = at(r, h, t);
-                for (o, &x) in o.iter_mut().zip(&v[at..at + dh]) {
-                    *o += p * x;
-                }
-            }
+            let offsets: Vec<usize> = (0..len).map(|t| at(r, h, t)).collect();
+            let mask: Option<Vec<T>> =
+                mask.map(|m| (0..len).map(|t| T::from_f64(m(r, t) as f64)).collect());
+            let mut scores = vec![T::zero(); len];
+            T::attend_head(&qs, k, v, &offsets, mask.as_deref(), &mut scores, o);
         });
     out
+}
+
+/// One (row, head) of [`attend_rows`]: `qs` the scaled query, `offsets` where each position's key
+/// and value start, `scores` scratch of one per position, `o` the output (zeroed).
+#[inline(always)]
+fn attend_head<T: Float>(
+    qs: &[T],
+    k: &[T],
+    v: &[T],
+    offsets: &[usize],
+    mask: Option<&[T]>,
+    scores: &mut [T],
+    o: &mut [T],
+) {
+    let dh = qs.len();
+    for (s, &at) in scores.iter_mut().zip(offsets) {
+        *s = dot(qs, &k[at..at + dh]);
+    }
+    if let Some(mask) = mask {
+        for (s, &m) in scores.iter_mut().zip(mask) {
+            *s += m;
+        }
+    }
+    let mut max = T::from_f64(f64::NEG_INFINITY);
+    for &s in scores.iter() {
+        if s > max {
+            max = s;
+        }
+    }
+    let mut sum = T::zero();
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for (&p, &at) in scores.iter().zip(offsets) {
+        let p = p / sum;
+        for (o, &x) in o.iter_mut().zip(&v[at..at + dh]) {
+            *o += p * x;
+        }
+    }
+}
+
+simd_dispatch! {
+    fn attend_head_f32 => attend_head::<f32>, (
+        qs: &[f32],
+        k: &[f32],
+        v: &[f32],
+        offsets: &[usize],
+        mask: Option<&[f32]>,
+        scores: &mut [f32],
+        o: &mut [f32],
+    ) -> ()
 }
 
 impl SingleQueryAttention {
