@@ -251,6 +251,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let workers = if device.is_cpu() {
         set_env_default("RAYON_NUM_THREADS", "1");
         set_env_default("CANDLE_NUM_THREADS", "1");
+        rdrop_seq2seq::ops::prefer_unpacked_weights();
         args.threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     } else {
