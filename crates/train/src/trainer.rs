@@ -244,13 +244,14 @@ pub fn translate_ids(
         max_len_b: extra,
         ..GenerateConfig::default()
     };
+    let model = frozen_model(s)?;
     let mut out = vec![String::new(); sources.len()];
     // Sorting by length keeps padding (and wasted decoding) low; results return to their slots.
     let mut order: Vec<usize> = (0..sources.len()).collect();
     order.sort_by_key(|&i| sources[i].len());
     for chunk in order.chunks(batch_size.max(1)) {
         let srcs: Vec<Vec<u32>> = chunk.iter().map(|&i| sources[i].clone()).collect();
-        let hyps = generate(&s.model, &srcs, &cfg).map_err(ext)?;
+        let hyps = generate(&model, &srcs, &cfg).map_err(ext)?;
         for (&i, h) in chunk.iter().zip(hyps) {
             let tokens = h.into_iter().next().map(|h| h.tokens).unwrap_or_default();
             out[i] = s.tokenizer.decode(&tokens).map_err(ext)?;
@@ -334,6 +335,24 @@ pub fn autocast_model(s: &Session, dtype: DType) -> Result<MarianModel> {
         tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
     }
     let vb = VarBuilder::from_tensors(tensors, dtype, &s.device);
+    MarianModel::new(&s.cfg, vb).map_err(ext)
+}
+
+/// The model on the variables' current values, detached: nothing tracks them, so on the CPU the
+/// model keeps its weights in the layouts decoding runs fastest with (transposed, in panels).
+/// Built for each round of decoding during training; the copies are freed after it.
+pub fn frozen_model(s: &Session) -> Result<MarianModel> {
+    let vars = s
+        .varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Other("variable map lock poisoned".into()))?
+        .clone();
+    let tensors = vars
+        .into_iter()
+        .map(|(name, var)| (name, var.as_tensor().detach()))
+        .collect();
+    let vb = VarBuilder::from_tensors(tensors, s.model.dtype(), &s.device);
     MarianModel::new(&s.cfg, vb).map_err(ext)
 }
 
