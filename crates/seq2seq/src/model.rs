@@ -64,6 +64,30 @@ struct Linear {
     bias: Tensor,
 }
 
+/// `w` `[r, c]` transposed into a contiguous `[c, r]`. f32 goes through a tiled copy: candle's
+/// strided copy computes every element's source index on its own, which made it most of the
+/// start-up time of `rdrop translate`.
+fn transpose(w: &Tensor) -> Result<Tensor> {
+    const TILE: usize = 16;
+    if w.dtype() != DType::F32 || !w.device().is_cpu() {
+        return Ok(w.t()?.contiguous()?);
+    }
+    let (r, c) = w.dims2()?;
+    let mut out = vec![0f32; r * c];
+    with_host_f32(&w.contiguous()?, |src| {
+        for i0 in (0..r).step_by(TILE) {
+            for j0 in (0..c).step_by(TILE) {
+                for i in i0..(i0 + TILE).min(r) {
+                    for j in j0..(j0 + TILE).min(c) {
+                        out[j * r + i] = src[i * c + j];
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(Tensor::from_vec(out, (c, r), w.device())?)
+}
+
 /// Whether a weight is better kept transposed: on the CPU, and when nothing trains it (a weight
 /// that trains changes under any copy of it).
 fn keep_transposed(w: &Tensor) -> bool {
@@ -79,7 +103,7 @@ impl Linear {
             .ok_or_else(|| Error::Input("linear layer without a bias".into()))?;
         let transposed = keep_transposed(l.weight());
         let weight = if transposed {
-            l.weight().t()?.contiguous()?
+            transpose(l.weight())?
         } else {
             l.weight().clone()
         };
@@ -144,21 +168,18 @@ impl FrozenHead {
         }
         let (v, d) = lm_head.dims2()?;
         let p = v.div_ceil(PANEL);
-        let padded = if p * PANEL > v {
-            Tensor::cat(
-                &[
-                    lm_head,
-                    &Tensor::zeros((p * PANEL - v, d), DType::F32, lm_head.device())?,
-                ],
-                0,
-            )?
-        } else {
-            lm_head.clone()
-        };
-        let panels = padded
-            .reshape((p, PANEL, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        // panels[p, k, j] = lm_head[p·PANEL + j, k], zero past the vocabulary.
+        let mut panels = vec![0f32; p * d * PANEL];
+        with_host_f32(&lm_head.contiguous()?, |w| {
+            for (row, src) in w.chunks_exact(d).enumerate() {
+                let (pi, j) = (row / PANEL, row % PANEL);
+                let panel = &mut panels[pi * d * PANEL..(pi + 1) * d * PANEL];
+                for (k, &x) in src.iter().enumerate() {
+                    panel[k * PANEL + j] = x;
+                }
+            }
+        })?;
+        let panels = Tensor::from_vec(panels, (p, d, PANEL), lm_head.device())?;
         Ok(FrozenHead::Panels {
             panels,
             bias: host_vec(&bias.to_dtype(DType::F32)?.flatten_all()?)?,
