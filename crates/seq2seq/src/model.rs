@@ -4,7 +4,7 @@
 //!
 //! Parameter names passed to the `VarBuilder` are exactly the Hugging Face state-dict keys.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::cache::{host_vec, with_host_f32, DecoderCache, HostKv, Kv};
@@ -284,25 +284,7 @@ impl Attention {
         mode: Mode,
     ) -> Result<Tensor> {
         let (b, h, t, dh) = q.dims4()?;
-        let scores = q.matmul(&k.transpose(2, 3)?)?;
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m)?,
-            None => scores,
-        };
-        // softmax_last_dim is one fused kernel but has no backward: anything a gradient may flow
-        // through takes the composed ops::softmax.
-        // Half-precision scores are normalised in f32, as PyTorch's autocast does.
-        let dtype = scores.dtype();
-        let scores = match dtype {
-            DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
-            _ => scores,
-        };
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let probs = probs.to_dtype(dtype)?;
+        let probs = ops::attention_probs(&q.matmul(&k.transpose(2, 3)?)?, mask)?;
         let probs = mode.dropout(&probs, self.dropout)?;
         let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
         self.out_proj.forward(&out)

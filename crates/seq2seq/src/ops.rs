@@ -336,6 +336,28 @@ impl CustomOp3 for LayerNormGrad {
     }
 }
 
+/// Attention weights: softmax over the last dimension of `scores` plus an optional additive
+/// `mask` (broadcast). Half-precision scores are normalised in f32, as PyTorch's autocast does.
+/// candle's `softmax_last_dim` is one fused kernel but has no backward, so anything a gradient may
+/// flow through takes the composed softmax.
+pub fn attention_probs(scores: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores.clone(),
+    };
+    let dtype = scores.dtype();
+    let scores = match dtype {
+        DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
+        _ => scores,
+    };
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    probs.to_dtype(dtype)
+}
+
 /// Attention of one query position per row, incremental decoding's case:
 /// `softmax(q·scale·kᵀ + mask)·v` with `q` `[B, 1, H·dh]` (heads side by side, as the projection
 /// leaves them), `k`/`v` `[B, H, T, dh]` and an optional additive `mask` `[B, 1, 1, T]`; returns
@@ -398,17 +420,7 @@ pub fn single_query_attention_composed(
 ) -> candle_core::Result<Tensor> {
     let (b, h, _, dh) = k.dims4()?;
     let q = (q * scale)?.reshape((b, h, 1, dh))?;
-    let scores = q.matmul(&k.transpose(2, 3)?)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    let dtype = scores.dtype();
-    let scores = match dtype {
-        DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
-        _ => scores,
-    };
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let probs = attention_probs(&q.matmul(&k.transpose(2, 3)?)?, mask)?;
     probs.matmul(v)?.reshape((b, 1, h * dh))
 }
 

@@ -7,7 +7,7 @@ use crate::error::{ext, Error, Result};
 use crate::init::init_marian;
 use crate::optim::{self, AdamW, Grads};
 use crate::recipe::{CriterionKind, DecodeKind, Precision, Recipe, TokenizerKind};
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdrop_loss::{Criterion, CriterionConfig};
@@ -324,6 +324,15 @@ pub fn model_loss(
 /// ops, so gradients arrive at the f32 variables (in f32) and the optimiser never sees `dtype`.
 /// Rebuilt every update, after the optimiser has changed the variables.
 pub fn autocast_model(s: &Session, dtype: DType) -> Result<MarianModel> {
+    model_from_vars(s, dtype, |t| Ok(t.to_dtype(dtype)?))
+}
+
+/// A model built on `f` of each of the session's variables, computing in `dtype`.
+fn model_from_vars(
+    s: &Session,
+    dtype: DType,
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<MarianModel> {
     let vars = s
         .varmap
         .data()
@@ -332,7 +341,7 @@ pub fn autocast_model(s: &Session, dtype: DType) -> Result<MarianModel> {
         .clone();
     let mut tensors = std::collections::HashMap::with_capacity(vars.len());
     for (name, var) in vars {
-        tensors.insert(name, var.as_tensor().to_dtype(dtype)?);
+        tensors.insert(name, f(var.as_tensor())?);
     }
     let vb = VarBuilder::from_tensors(tensors, dtype, &s.device);
     MarianModel::new(&s.cfg, vb).map_err(ext)
@@ -342,18 +351,7 @@ pub fn autocast_model(s: &Session, dtype: DType) -> Result<MarianModel> {
 /// model keeps its weights in the layouts decoding runs fastest with (transposed, in panels).
 /// Built for each round of decoding during training; the copies are freed after it.
 pub fn frozen_model(s: &Session) -> Result<MarianModel> {
-    let vars = s
-        .varmap
-        .data()
-        .lock()
-        .map_err(|_| Error::Other("variable map lock poisoned".into()))?
-        .clone();
-    let tensors = vars
-        .into_iter()
-        .map(|(name, var)| (name, var.as_tensor().detach()))
-        .collect();
-    let vb = VarBuilder::from_tensors(tensors, s.model.dtype(), &s.device);
-    MarianModel::new(&s.cfg, vb).map_err(ext)
+    model_from_vars(s, s.model.dtype(), |t| Ok(t.detach()))
 }
 
 /// Validation loss (eval mode, one pass, label-smoothed CE) and optionally BLEU.
