@@ -427,7 +427,7 @@ pub fn single_query_attention_composed(
 /// The float types the attention kernel runs in.
 pub(crate) trait Float: WithDType {
     fn exp(self) -> Self;
-    /// [`attend_head`], with the fastest instructions the CPU has.
+    /// [`attend_head`]; f32 overrides it with copies for wider vector instructions.
     fn attend_head(
         qs: &[Self],
         k: &[Self],
@@ -436,7 +436,9 @@ pub(crate) trait Float: WithDType {
         mask: Option<&[Self]>,
         scores: &mut [Self],
         o: &mut [Self],
-    );
+    ) {
+        attend_head(qs, k, v, offsets, mask, scores, o)
+    }
 }
 
 impl Float for f32 {
@@ -461,17 +463,6 @@ impl Float for f64 {
     #[inline(always)]
     fn exp(self) -> Self {
         f64::exp(self)
-    }
-    fn attend_head(
-        qs: &[f64],
-        k: &[f64],
-        v: &[f64],
-        offsets: &[usize],
-        mask: Option<&[f64]>,
-        scores: &mut [f64],
-        o: &mut [f64],
-    ) {
-        attend_head(qs, k, v, offsets, mask, scores, o)
     }
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use common::{fixture_dir, max_abs_diff, Reference, VARIANTS};
-use rdrop_seq2seq::{checkpoint, MarianModel, Mode};
+use rdrop_seq2seq::{checkpoint, DecoderCache, MarianModel, Mode};
 
 const LOGIT_TOL: f32 = 1e-4;
 
@@ -167,21 +167,28 @@ fn greedy_ids_match_transformers_generate() {
     }
 }
 
+/// The reference batch's decoder inputs, the full teacher-forced logits for them, and an empty
+/// decoding cache for its sources.
+fn start_decoding(r: &Reference, model: &MarianModel) -> (Tensor, Tensor, DecoderCache) {
+    let (src, mask, tgt_in) = (
+        r.tensor("src_ids"),
+        r.tensor("src_mask"),
+        r.tensor("tgt_in"),
+    );
+    let enc = model.encode(&src, &mask, Mode::Eval).expect("encode");
+    let full = model
+        .decode(&tgt_in, &enc, &mask, Mode::Eval)
+        .expect("decode");
+    let cache = model.new_cache(&enc, &mask).expect("cache");
+    (tgt_in, full, cache)
+}
+
 #[test]
 fn incremental_decoding_equals_full_forward() {
     for (variant, dtype) in VARIANTS.iter().flat_map(|v| CACHE_KINDS.map(|d| (*v, d))) {
         let r = Reference::load(variant);
         let model = load_as(variant, dtype);
-        let (src, mask, tgt_in) = (
-            r.tensor("src_ids"),
-            r.tensor("src_mask"),
-            r.tensor("tgt_in"),
-        );
-        let enc = model.encode(&src, &mask, Mode::Eval).expect("encode");
-        let full = model
-            .decode(&tgt_in, &enc, &mask, Mode::Eval)
-            .expect("decode");
-        let mut cache = model.new_cache(&enc, &mask).expect("cache");
+        let (tgt_in, full, mut cache) = start_decoding(&r, &model);
         let t_len = tgt_in.dim(1).expect("T");
         for t in 0..t_len {
             let step = model
@@ -202,16 +209,7 @@ fn cache_select_reorders_and_drops_rows() {
     let r = Reference::load("opus");
     for dtype in CACHE_KINDS {
         let model = load_as("opus", dtype);
-        let (src, mask, tgt_in) = (
-            r.tensor("src_ids"),
-            r.tensor("src_mask"),
-            r.tensor("tgt_in"),
-        );
-        let enc = model.encode(&src, &mask, Mode::Eval).expect("encode");
-        let full = model
-            .decode(&tgt_in, &enc, &mask, Mode::Eval)
-            .expect("decode");
-        let mut cache = model.new_cache(&enc, &mask).expect("cache");
+        let (tgt_in, full, mut cache) = start_decoding(&r, &model);
         for t in 0..3 {
             model
                 .decode_step(&tgt_in.i((.., t)).expect("col"), &mut cache)
