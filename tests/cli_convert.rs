@@ -58,15 +58,7 @@ fn converts_a_directory_with_its_tokenizer_files() {
         ])
         .ok();
     let out = sb.path().join("out");
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "source.spm",
-        "target.spm",
-        "vocab.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
+    for f in common::MODEL_FILES {
         assert!(
             out.join(f).is_file(),
             "{f} missing from the converted directory"

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use candle_core::{DType, Device};
 use rdrop_seq2seq::checkpoint;
+use rdrop_train::error::{ext, Error};
+use rdrop_train::output;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,13 +15,21 @@ pub struct Args {
     /// file inside one (its directory must hold config.json).
     #[arg(long)]
     pub model: String,
-    /// Directory to write (created if missing; existing files of the same names are replaced).
+    /// Directory to create, outside the model's directory. An existing directory is used only if
+    /// it is empty.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if an earlier `rdrop convert` or `rdrop average` wrote it (it holds
+    /// .rdrop-output); any other non-empty directory is still refused.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ckpt = checkpoint::locate(&args.model)?;
+    let inputs = [ckpt.dir.clone()];
+    // Before loading the weights: a refused output should be said at once.
+    output::check_output(&args.out, args.force, &inputs)?;
     let cfg = checkpoint::load_config(&ckpt.dir)?;
     let mut tensors = checkpoint::load_tensors(&ckpt.weights, &cfg, DType::F32, &Device::Cpu)?;
     let ordered: Vec<_> = checkpoint::param_shapes(&cfg)?
@@ -28,9 +37,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .filter_map(|(name, _)| tensors.remove(&name).map(|t| (name, t)))
         .collect();
     let n_params: usize = ordered.iter().map(|(_, t)| t.elem_count()).sum();
-    checkpoint::save_tensors(&args.out, &cfg, ordered)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    let copied = copy_companions(&ckpt.dir, &args.out)?;
+    let mut copied = Vec::new();
+    output::write_output(&args.out, "convert", args.force, &inputs, |tmp| {
+        checkpoint::save_tensors(tmp, &cfg, ordered).map_err(ext)?;
+        copied = copy_companions(&ckpt.dir, tmp)?;
+        Ok(())
+    })?;
     eprintln!(
         "wrote {} (config.json, model.safetensors: {n_params} parameters from {}){}",
         args.out.display(),
@@ -45,21 +57,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Copies the tokenizer and generation files present in `from` to `to`; returns their names.
-fn copy_companions(from: &Path, to: &Path) -> anyhow::Result<Vec<String>> {
-    let same_dir = match (from.canonicalize(), to.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
+fn copy_companions(from: &Path, to: &Path) -> rdrop_train::Result<Vec<String>> {
     let mut copied = Vec::new();
-    if same_dir {
-        return Ok(copied);
-    }
     for name in checkpoint::COMPANION_FILES {
         let src = from.join(name);
         if src.is_file() {
-            let bytes =
-                std::fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
-            checkpoint::write_atomic(&to.join(name), &bytes)?;
+            let bytes = std::fs::read(&src).map_err(|source| Error::Io {
+                path: src.clone(),
+                source,
+            })?;
+            rdrop_train::checkpoint::write_file(to, name, &bytes)?;
             copied.push(name.to_string());
         }
     }

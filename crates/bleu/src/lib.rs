@@ -38,11 +38,11 @@ pub use tokenize::{is_zh_char, Tokenizer};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file (or standard input) could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: String,
-        /// The underlying error.
+        /// The underlying error: the error's `source`, so printing the chain says it once.
         source: std::io::Error,
     },
     /// A line is not valid UTF-8.

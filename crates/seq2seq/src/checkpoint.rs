@@ -73,6 +73,12 @@ pub fn locate(model: &str) -> Result<Checkpoint> {
             weights: path.to_path_buf(),
         });
     }
+    if let Some(kind) = path_like(model) {
+        return Err(Error::NoSuchPath {
+            path: model.to_string(),
+            kind,
+        });
+    }
     let Some((repo_id, revision)) = parse_hub_id(model) else {
         return Err(Error::NotFound(model.to_string()));
     };
@@ -97,6 +103,32 @@ pub fn weights_in(dir: &Path) -> Result<PathBuf> {
             dir: dir.to_path_buf(),
             what: WEIGHT_FILES.join(" or "),
         })
+}
+
+/// For a `model` that exists neither as a directory nor as a file: whether it is meant as a local
+/// path, and then as a `"directory"` or a `"file"`. A missing `runs/nope` asked of the hub would
+/// fail as a hub fetch (or worse, find an unrelated repository), so anything shaped like a path is
+/// not tried there: a leading `/`, `./`, `../` or `~`, a trailing `/`, two or more `/` before any
+/// `@revision`, a first component that is a local directory, or a weights file name.
+fn path_like(model: &str) -> Option<&'static str> {
+    let id = model.split_once('@').map_or(model, |(id, _)| id);
+    if [".bin", ".safetensors", ".pt", ".pth", ".json"]
+        .iter()
+        .any(|ext| model.ends_with(ext))
+    {
+        return Some("file");
+    }
+    let first = model.split('/').next().unwrap_or_default();
+    let looks = model.starts_with('/')
+        || model.starts_with("./")
+        || model.starts_with("../")
+        || model.starts_with('~')
+        || model.ends_with('/')
+        || model.contains('\\')
+        || matches!(model, "." | "..")
+        || id.matches('/').count() > 1
+        || (model.contains('/') && Path::new(first).is_dir());
+    looks.then_some("directory")
 }
 
 /// `org/name` or `name`, with an optional `@revision` (branch, tag or commit).

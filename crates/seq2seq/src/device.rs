@@ -58,15 +58,15 @@ pub enum DeviceError {
         code: String,
     },
     /// Any other failure while opening the GPU (driver too old, out of memory, ...).
-    #[error("device `{spec}`: cannot open CUDA GPU {ordinal}: {source}")]
+    #[error("device `{spec}`: cannot open CUDA GPU {ordinal}: {cause}")]
     Cuda {
         /// The text as given.
         spec: String,
         /// The GPU index asked for.
         ordinal: usize,
-        /// candle's error, which carries the driver's.
-        #[source]
-        source: candle_core::Error,
+        /// candle's error, which carries the driver's. Part of the message and deliberately not
+        /// the `source` (which would print it twice): callers keep this error as text.
+        cause: candle_core::Error,
     },
 }
 
@@ -180,10 +180,10 @@ fn classify(spec: &str, ordinal: usize, source: candle_core::Error) -> DeviceErr
             candle_core::Error::NotCompiledWithCudaSupport => DeviceError::NotCompiled {
                 spec: spec.to_string(),
             },
-            source => DeviceError::Cuda {
+            cause => DeviceError::Cuda {
                 spec: spec.to_string(),
                 ordinal,
-                source,
+                cause,
             },
         },
     }

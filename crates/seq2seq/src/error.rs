@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// Errors from configs, checkpoints and the model's forward passes.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read, written or renamed.
-    #[error("{path}: {source}")]
+    /// A file could not be read, written or renamed. The OS error is the `source`, not part of the
+    /// message: printing the chain (`{:#}`) says it once.
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -46,6 +47,9 @@ pub enum Error {
     /// A hub id whose files are not in the local cache while `HF_HUB_OFFLINE` is set.
     #[error("model `{model}` not in the local cache ({cache}) and offline (HF_HUB_OFFLINE=1)")]
     NotCached { model: String, cache: PathBuf },
+    /// A local path (see [`crate::checkpoint::locate`] for what looks like one) that does not exist.
+    #[error("no such {kind}: {path}")]
+    NoSuchPath { path: String, kind: &'static str },
     /// Neither an existing path nor something shaped like a hub id (`org/name`).
     #[error("model `{0}`: no such file or directory, and not a hub id like `org/name`")]
     NotFound(String),

@@ -41,8 +41,8 @@ pub enum GenerateError {
     /// The model failed (shape mismatch, device error, ...).
     #[error(transparent)]
     Model(#[from] crate::error::Error),
-    /// A tensor operation of the search itself failed.
-    #[error("decoding: {0}")]
+    /// A tensor operation of the search itself failed (candle's error is the `source`).
+    #[error("decoding failed")]
     Candle(#[from] candle_core::Error),
     /// The search settings are inconsistent (e.g. `nbest` larger than `beam`).
     #[error("invalid decoding settings: {0}")]

@@ -48,15 +48,15 @@ pub const PAD_TOKEN: &str = "<pad>";
 /// Errors from loading, saving, training or running a tokenizer. Each names the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written (the OS error is the `source`: the chain says it once).
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// A JSON file (vocabulary or tokenizer config) is malformed.
-    #[error("{}: {source}", path.display())]
+    /// A JSON file (vocabulary or tokenizer config) is malformed (serde's message is the `source`).
+    #[error("{}: invalid JSON", path.display())]
     Json {
         path: PathBuf,
         #[source]
@@ -81,8 +81,9 @@ pub enum TokenizerError {
     /// An id passed to `decode` is outside the vocabulary.
     #[error("token id {id} is outside the vocabulary ({size} ids)")]
     IdOutOfRange { id: u32, size: usize },
-    /// An error reported by the tokenizers crate (loading tokenizer.json, encoding, training).
-    #[error("{context}: {source}")]
+    /// An error reported by the tokenizers crate (loading tokenizer.json, encoding, training),
+    /// which is the `source`.
+    #[error("{context}")]
     Tokenizers {
         context: String,
         #[source]

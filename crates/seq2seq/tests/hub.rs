@@ -90,9 +90,16 @@ fn hub_ids_resolve_through_the_cache_offline() {
     std::env::set_var("HF_HUB_OFFLINE", "1");
     std::env::remove_var("HF_ENDPOINT");
 
-    // Neither a path nor a hub id.
+    // A missing path is said to be one, not looked up on the hub; neither a path nor a hub id.
     assert!(matches!(
         checkpoint::resolve("./no/such/dir"),
+        Err(Error::NoSuchPath {
+            kind: "directory",
+            ..
+        })
+    ));
+    assert!(matches!(
+        checkpoint::resolve("no such model"),
         Err(Error::NotFound(_))
     ));
 }

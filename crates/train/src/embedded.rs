@@ -66,6 +66,8 @@ pub fn run(r: &Recipe, opts: &RunOptions) -> Result<Report> {
                     out.display()
                 )));
             }
+            // A default run still training there holds its lock: deleting would pull its files away.
+            drop(crate::checkpoint::lock_run_dir(out)?);
             std::fs::remove_dir_all(out).map_err(|source| Error::Io {
                 path: out.clone(),
                 source,

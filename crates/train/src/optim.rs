@@ -139,8 +139,11 @@ impl AdamW {
             "step".into(),
             Tensor::new(&[self.step as i64], &Device::Cpu)?,
         );
-        candle_core::safetensors::save(&map, path)?;
-        Ok(())
+        // candle's error would not say which file a full disk stopped.
+        candle_core::safetensors::save(&map, path).map_err(|e| Error::Checkpoint {
+            path: path.to_path_buf(),
+            message: format!("cannot write: {e}"),
+        })
     }
 
     /// Restores moments and step saved by [`AdamW::save`]; every parameter must be present.
