@@ -221,7 +221,7 @@ log_every = $WARM
 [validation]
 every_updates = 0
 every_epoch = false
-bleu = false
+metrics = ["loss"]
 [checkpoint]
 every_updates = 0
 keep_last = 1

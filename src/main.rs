@@ -5,8 +5,32 @@ mod cmd;
 
 use clap::{Parser, Subcommand};
 
+/// `rdrop --version`: the release, the commit it was built from and the compiled-in devices.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RDROP_COMMIT"),
+    "; devices: cpu",
+    cuda_feature!(),
+    ")"
+);
+
+#[cfg(feature = "cuda")]
+macro_rules! cuda_feature {
+    () => {
+        ", cuda"
+    };
+}
+#[cfg(not(feature = "cuda"))]
+macro_rules! cuda_feature {
+    () => {
+        ""
+    };
+}
+use cuda_feature;
+
 #[derive(Parser)]
-#[command(name = "rdrop", version, about, long_about = None)]
+#[command(name = "rdrop", version = VERSION, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

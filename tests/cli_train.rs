@@ -4,58 +4,7 @@
 
 mod common;
 
-use common::Sandbox;
-use rdrop_train::synthetic::{generate, Sizes};
-
-/// A tiny corpus (`data/train.*`, `data/valid.*`) and a recipe for a seconds-long run.
-fn tiny_run(sb: &Sandbox, extra: &str) -> std::path::PathBuf {
-    for (name, pairs) in generate(
-        9,
-        Sizes {
-            train: 120,
-            valid: 8,
-            test: 1,
-        },
-    ) {
-        let de: String = pairs.iter().map(|p| format!("{}\n", p.0)).collect();
-        let en: String = pairs.iter().map(|p| format!("{}\n", p.1)).collect();
-        sb.write(&format!("data/{name}.de"), de);
-        sb.write(&format!("data/{name}.en"), en);
-    }
-    sb.write(
-        "tiny.toml",
-        format!(
-            r#"output_dir = "run"
-[model.arch]
-d_model = 16
-encoder_layers = 1
-decoder_layers = 1
-heads = 2
-ffn_dim = 32
-max_positions = 64
-[tokenizer]
-vocab_size = 120
-[data]
-train = {{ source = "data/train.de", target = "data/train.en" }}
-valid = {{ source = "data/valid.de", target = "data/valid.en" }}
-max_len = 60
-[batching]
-max_tokens = 400
-[training]
-max_updates = 6
-max_epochs = 0
-log_every = 2
-[validation]
-every_updates = 0
-every_epoch = false
-bleu = false
-[checkpoint]
-every_updates = 2
-keep_last = 0
-{extra}"#
-        ),
-    )
-}
+use common::{tiny_run, Sandbox};
 
 #[test]
 fn unknown_recipe_key_names_the_key_and_the_file() {

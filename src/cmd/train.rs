@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use rdrop_train::embedded;
-use rdrop_train::recipe::Recipe;
+use rdrop_train::recipe::{Recipe, ValidMetric};
 use rdrop_train::trainer::{self, RunOptions};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -15,9 +15,13 @@ pub struct Args {
     /// Override a recipe value, e.g. `--set criterion.alpha=0.7` (value parsed as TOML; repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Continue from the latest checkpoint in the recipe's output_dir.
+    /// Continue from the newest intact checkpoint in the recipe's output_dir (damaged newer ones
+    /// are passed over with a warning).
     #[arg(long)]
     pub resume: bool,
+    /// Continue from this checkpoint directory (e.g. runs/x/checkpoints/update_00004000).
+    #[arg(long, value_name = "DIR")]
+    pub resume_from: Option<PathBuf>,
     /// Device: cpu, cuda or cuda:N (overrides the recipe's `device`).
     #[arg(long)]
     pub device: Option<String>,
@@ -48,9 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let opts = RunOptions {
         resume: args.resume,
+        resume_from: args.resume_from.clone(),
         progress: std::io::stderr().is_terminal(),
         quiet: args.quiet,
-        fault_nan_updates: Vec::new(),
+        stop: stop_on_signals()?,
+        ..Default::default()
     };
     if args.recipe.is_none() {
         if !args.quiet {
@@ -60,7 +66,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 recipe.criterion.alpha
             );
         }
-        let rep = embedded::run(&recipe, &opts).context("embedded default run")?;
+        let rep = embedded::run(&recipe, &opts)
+            .map_err(|e| stopped(e, &args))
+            .context("embedded default run")?;
         println!("Translations of the held-out test split (source / reference / model):");
         for (s, r, h) in &rep.examples {
             println!("  {s}\n  {r}\n  {h}\n");
@@ -77,13 +85,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let summary = trainer::train(&recipe, &opts)?;
+    let summary = trainer::train(&recipe, &opts).map_err(|e| stopped(e, &args))?;
     println!(
-        "trained {} updates ({} epochs); best valid BLEU {} at update {}; best: {}; last: {}{}",
+        "trained {} updates ({} epochs); best valid {} {} at update {}; best: {}; last: {}{}",
         summary.updates,
         summary.epochs,
+        match summary.best_by {
+            ValidMetric::Bleu => "BLEU",
+            ValidMetric::Chrf => "chrF",
+            ValidMetric::Loss => "loss",
+            ValidMetric::Nll => "NLL",
+        },
         summary
-            .best_bleu
+            .best_value
             .map(|b| format!("{b:.2}"))
             .unwrap_or_else(|| "-".into()),
         summary
@@ -99,6 +113,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     );
     Ok(())
+}
+
+/// A run stopped by a signal exits at once with 128 + the signal's number (what a shell reports for
+/// a killed job) and the command that continues it; any other error is returned.
+fn stopped(e: rdrop_train::Error, args: &Args) -> rdrop_train::Error {
+    if let rdrop_train::Error::Interrupted { signal, .. } = &e {
+        let code = if signal == "SIGINT" { 130 } else { 143 };
+        let again = match &args.recipe {
+            Some(p) => format!("rdrop train {} --resume", p.display()),
+            None => "rdrop train --resume".into(),
+        };
+        eprintln!("{e}: {again}");
+        std::process::exit(code);
+    }
+    e
+}
+
+/// SIGINT and SIGTERM set a flag the training loop reads after each update (it then saves and
+/// stops); a second signal ends the process at once, as Marian's `--sigterm save-and-exit` does.
+#[cfg(unix)]
+fn stop_on_signals() -> anyhow::Result<Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::Arc;
+    let which = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&seen))?;
+        signal_hook::flag::register(sig, Arc::clone(&seen))?;
+        signal_hook::flag::register_usize(sig, Arc::clone(&which), sig as usize)?;
+    }
+    Ok(Some(which))
+}
+
+#[cfg(not(unix))]
+fn stop_on_signals() -> anyhow::Result<Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>> {
+    Ok(None)
 }
 
 /// A TOML basic string for `s`.

@@ -86,6 +86,17 @@ impl Rdrop {
         child.wait_with_output().expect("wait for rdrop")
     }
 
+    /// Starts it in the background with stdout discarded and stderr written to `log` (a pipe that
+    /// nobody reads could fill up and stall a long run).
+    pub fn spawn(mut self, log: &Path) -> std::process::Child {
+        let log = std::fs::File::create(log).expect("create log file");
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.cmd.spawn().expect("spawn rdrop")
+    }
+
     /// Runs, asserts success, returns stdout as UTF-8.
     pub fn ok(self) -> String {
         let out = self.output();
@@ -111,6 +122,56 @@ impl Rdrop {
     }
 }
 
+/// A tiny corpus (`data/train.*`, `data/valid.*`) and a recipe for a seconds-long run.
+pub fn tiny_run(sb: &Sandbox, extra: &str) -> PathBuf {
+    for (name, pairs) in rdrop_train::synthetic::generate(
+        9,
+        rdrop_train::synthetic::Sizes {
+            train: 120,
+            valid: 8,
+            test: 1,
+        },
+    ) {
+        let de: String = pairs.iter().map(|p| format!("{}\n", p.0)).collect();
+        let en: String = pairs.iter().map(|p| format!("{}\n", p.1)).collect();
+        sb.write(&format!("data/{name}.de"), de);
+        sb.write(&format!("data/{name}.en"), en);
+    }
+    sb.write(
+        "tiny.toml",
+        format!(
+            r#"output_dir = "run"
+[model.arch]
+d_model = 16
+encoder_layers = 1
+decoder_layers = 1
+heads = 2
+ffn_dim = 32
+max_positions = 64
+[tokenizer]
+vocab_size = 120
+[data]
+train = {{ source = "data/train.de", target = "data/train.en" }}
+valid = {{ source = "data/valid.de", target = "data/valid.en" }}
+max_len = 60
+[batching]
+max_tokens = 400
+[training]
+max_updates = 6
+max_epochs = 0
+log_every = 2
+[validation]
+every_updates = 0
+every_epoch = false
+metrics = ["loss"]
+[checkpoint]
+every_updates = 2
+keep_last = 0
+{extra}"#
+        ),
+    )
+}
+
 /// `../shared` beside the checkout (data for tests), or `None` on a machine without it.
 pub fn shared_dir() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -121,3 +182,14 @@ pub fn shared_dir() -> Option<PathBuf> {
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
+
+/// The files `rdrop convert` writes for an opus-mt style model.
+pub const MODEL_FILES: [&str; 7] = [
+    "config.json",
+    "model.safetensors",
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];

@@ -38,6 +38,8 @@ pub struct DataStats {
     pub bad_ratio: usize,
     /// Pairs beyond `max_sentences`, not used.
     pub beyond_limit: usize,
+    /// Pairs that alone exceed `batching.max_tokens` (with `batching.oversize = "skip"`).
+    pub over_max_tokens: usize,
     /// Pairs kept.
     pub kept: usize,
 }
@@ -48,7 +50,15 @@ impl fmt::Display for DataStats {
             f,
             "{} pairs read, {} kept; skipped: {} empty, {} too long, {} bad length ratio, {} beyond max_sentences",
             self.read, self.kept, self.empty, self.too_long, self.bad_ratio, self.beyond_limit
-        )
+        )?;
+        if self.over_max_tokens > 0 {
+            write!(
+                f,
+                ", {} longer than batching.max_tokens",
+                self.over_max_tokens
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong while preparing or running a training job.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. The OS error is the `source`, not part of the message:
+    /// printing the chain (`{:#}`) says it once.
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -58,6 +59,13 @@ pub enum Error {
     /// The loss was NaN or infinite for too many updates.
     #[error("{message}")]
     NonFinite { message: String },
+    /// A stop signal arrived: the run saved a checkpoint after the current update and stopped.
+    #[error("stopped by {signal} after update {update}: checkpoint saved to {}; continue with --resume", checkpoint.display())]
+    Interrupted {
+        signal: String,
+        update: u64,
+        checkpoint: PathBuf,
+    },
     /// Anything else with a message.
     #[error("{0}")]
     Other(String),
@@ -69,4 +77,17 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Wraps an error of another rdrop crate.
 pub fn ext<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
     Error::External(Box::new(e))
+}
+
+/// An error with its chain of causes, `a: b: c`, for messages that are built into other text
+/// (the causes are not in `Display`, so they are printed once when the chain is printed).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }

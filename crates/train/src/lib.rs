@@ -5,7 +5,8 @@
 //! [`trainer::train`] reads and filters the corpus ([`data`]), batches by token count with length
 //! bucketing and a seeded order, steps our own AdamW ([`optim`]), validates (loss + BLEU) and writes
 //! resumable, atomic checkpoints ([`checkpoint`]). [`embedded`] is the run `rdrop train` does without
-//! a recipe, on the toy corpus of [`synthetic`].
+//! a recipe, on the toy corpus of [`synthetic`]. [`average`] and `rdrop convert` write their
+//! outputs through [`output`], which never replaces a directory rdrop did not create.
 //!
 //! ```
 //! use rdrop_train::recipe::{CriterionKind, Recipe};
@@ -22,8 +23,12 @@ pub mod embedded;
 pub mod error;
 pub mod init;
 pub mod optim;
+pub mod output;
 pub mod recipe;
+pub mod resume;
+pub mod runlog;
 pub mod synthetic;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use error::{Error, Result};

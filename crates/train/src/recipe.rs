@@ -306,6 +306,16 @@ impl Default for ScheduleSection {
     }
 }
 
+/// What to do with a training pair longer than `batching.max_tokens` on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Leave it out and count it in the `train:` line.
+    Skip,
+    /// Stop before training, naming the first such line.
+    Error,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchingSection {
@@ -313,6 +323,8 @@ pub struct BatchingSection {
     pub max_tokens: usize,
     /// Batches whose gradients are accumulated into one update.
     pub update_freq: usize,
+    /// A pair that alone exceeds `max_tokens`: `skip` (counted) or `error`.
+    pub oversize: Oversize,
 }
 
 impl Default for BatchingSection {
@@ -320,6 +332,7 @@ impl Default for BatchingSection {
         BatchingSection {
             max_tokens: 4096,
             update_freq: 1,
+            oversize: Oversize::Skip,
         }
     }
 }
@@ -339,6 +352,8 @@ pub struct TrainingSection {
     /// optimiser state stay f32, each update runs the model on bf16 copies of them, and the loss
     /// (CE and the R-Drop KL) is computed in f32. Meant for CUDA; on CPU bf16 is emulated.
     pub precision: Precision,
+    /// Write TensorBoard event files (every logged number) to `<output_dir>/tb/`.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainingSection {
@@ -349,6 +364,7 @@ impl Default for TrainingSection {
             log_every: 50,
             threads: 0,
             precision: Precision::F32,
+            tensorboard: true,
         }
     }
 }
@@ -370,6 +386,39 @@ pub enum DecodeKind {
     Beam,
 }
 
+/// A validation metric: corpus BLEU or chrF of the decoded validation set, or the eval-mode
+/// label-smoothed CE / NLL per target token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValidMetric {
+    Bleu,
+    Chrf,
+    Loss,
+    Nll,
+}
+
+impl ValidMetric {
+    /// Whether a larger value is better (scores) or a smaller one (losses).
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, ValidMetric::Bleu | ValidMetric::Chrf)
+    }
+
+    /// Whether computing it needs the validation set decoded.
+    pub fn needs_decoding(self) -> bool {
+        self.higher_is_better()
+    }
+
+    /// The name used in recipes, logs and metrics records.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValidMetric::Bleu => "bleu",
+            ValidMetric::Chrf => "chrf",
+            ValidMetric::Loss => "loss",
+            ValidMetric::Nll => "nll",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidationSection {
@@ -377,8 +426,12 @@ pub struct ValidationSection {
     pub every_updates: u64,
     /// Also validate at the end of every epoch.
     pub every_epoch: bool,
-    /// Compute BLEU on decoded validation sentences (loss is always computed).
-    pub bleu: bool,
+    /// What to compute and log at each validation: `bleu`, `chrf` (both decode the validation
+    /// set), `loss`, `nll` (one eval-mode pass; always computed, listing them is for `best_by`).
+    pub metrics: Vec<ValidMetric>,
+    /// The metric that picks `best/` and drives `patience` (default: the first of `metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_by: Option<ValidMetric>,
     pub decode: DecodeKind,
     pub beam_size: usize,
     /// Decode at most this many tokens beyond the source length × 1.5.
@@ -387,8 +440,12 @@ pub struct ValidationSection {
     pub max_sentences: usize,
     /// Sentences per decoding / scoring batch.
     pub batch_size: usize,
-    /// Stop when validation BLEU has not improved for this many validations (0 = never).
+    /// Stop when the `best_by` metric has not improved for this many validations (0 = never).
     pub patience: u64,
+    /// Also measure dropout consistency: the mean per-token symmetric KL between two train-mode
+    /// passes over the validation set (what R-Drop minimises; rising in a baseline, it signals
+    /// that R-Drop can help). One extra doubled forward pass, no decoding.
+    pub consistency: bool,
 }
 
 impl Default for ValidationSection {
@@ -396,13 +453,15 @@ impl Default for ValidationSection {
         ValidationSection {
             every_updates: 1000,
             every_epoch: true,
-            bleu: true,
+            metrics: vec![ValidMetric::Bleu, ValidMetric::Chrf, ValidMetric::Loss],
+            best_by: None,
             decode: DecodeKind::Greedy,
             beam_size: 5,
             max_decode_len: 10,
             max_sentences: 0,
             batch_size: 64,
             patience: 0,
+            consistency: true,
         }
     }
 }
@@ -439,6 +498,19 @@ impl Default for NanSection {
             max_consecutive: 5,
             max_total: 100,
         }
+    }
+}
+
+impl ValidationSection {
+    /// The metric that picks `best/`.
+    pub fn best_metric(&self) -> ValidMetric {
+        self.best_by
+            .unwrap_or_else(|| self.metrics.first().copied().unwrap_or(ValidMetric::Loss))
+    }
+
+    /// Whether validation decodes (BLEU or chrF requested).
+    pub fn decodes(&self) -> bool {
+        self.metrics.iter().any(|m| m.needs_decoding())
     }
 }
 
@@ -510,6 +582,28 @@ impl Recipe {
             }
         }
         let a = &m.arch;
+        for (k, v) in [
+            ("model.arch.d_model", a.d_model),
+            ("model.arch.encoder_layers", a.encoder_layers),
+            ("model.arch.decoder_layers", a.decoder_layers),
+            ("model.arch.ffn_dim", a.ffn_dim),
+        ] {
+            if v == 0 {
+                return Err(format!("{k} = 0: must be at least 1"));
+            }
+        }
+        if a.max_positions < 2 {
+            return Err(format!(
+                "model.arch.max_positions = {}: must be at least 2 (a token and </s>)",
+                a.max_positions
+            ));
+        }
+        if !(a.init_std > 0.0 && a.init_std.is_finite()) {
+            return Err(format!(
+                "model.arch.init_std = {}: must be positive and finite",
+                a.init_std
+            ));
+        }
         if a.heads == 0 || !a.d_model.is_multiple_of(a.heads) {
             return Err(format!(
                 "model.arch.d_model = {} must be a multiple of model.arch.heads = {}",
@@ -553,6 +647,28 @@ impl Recipe {
                 return Err(format!("{k} = {v}: must be in [0, 1)"));
             }
         }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return Err(format!("optimizer.eps = {}: must be positive", o.eps));
+        }
+        for (k, v, what) in [
+            ("optimizer.weight_decay", o.weight_decay, "0 = off"),
+            ("optimizer.clip_norm", o.clip_norm, "0 = off"),
+            (
+                "schedule.warmup_init_lr",
+                self.schedule.warmup_init_lr,
+                "the lr at update 0",
+            ),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("{k} = {v}: must be >= 0 ({what})"));
+            }
+        }
+        if self.schedule.warmup_init_lr > o.lr {
+            return Err(format!(
+                "schedule.warmup_init_lr = {} exceeds optimizer.lr = {}: warmup rises to the peak lr",
+                self.schedule.warmup_init_lr, o.lr
+            ));
+        }
         if self.batching.max_tokens == 0 || self.batching.update_freq == 0 {
             return Err("batching.max_tokens and batching.update_freq must be positive".into());
         }
@@ -566,11 +682,29 @@ impl Recipe {
                 "schedule.kind = \"linear\" decays to 0 at training.max_updates: set it".into(),
             );
         }
-        if self.data.max_len < 2 || self.data.max_len_ratio < 1.0 {
+        if self.data.max_len < 2
+            || self.data.max_len_ratio.is_nan()
+            || self.data.max_len_ratio < 1.0
+        {
             return Err("data.max_len must be >= 2 and data.max_len_ratio >= 1".into());
         }
         if self.validation.decode == DecodeKind::Beam && self.validation.beam_size == 0 {
             return Err("validation.beam_size must be positive".into());
+        }
+        let v = &self.validation;
+        if v.metrics.is_empty() {
+            return Err(
+                "validation.metrics is empty: list at least one of bleu, chrf, loss, nll".into(),
+            );
+        }
+        if let Some(b) = v.best_by {
+            if b.needs_decoding() && !v.metrics.contains(&b) {
+                return Err(format!(
+                    "validation.best_by = {:?} is not among validation.metrics = {:?}: it would never be computed",
+                    b.name(),
+                    v.metrics.iter().map(|m| m.name()).collect::<Vec<_>>()
+                ));
+            }
         }
         if self.validation.batch_size == 0 {
             return Err("validation.batch_size must be positive".into());
@@ -679,6 +813,32 @@ mod tests {
     fn invalid_values_name_the_key() {
         let err = Recipe::from_str_with("[model]\ndropout = 1.5\n", "r.toml", &[]).unwrap_err();
         assert!(err.to_string().contains("model.dropout"), "{err}");
+        // Each of these was accepted once and trained a diverging or silently different model.
+        for (set, key) in [
+            ("schedule.warmup_init_lr=-5", "schedule.warmup_init_lr"),
+            ("schedule.warmup_init_lr=1.0", "schedule.warmup_init_lr"),
+            ("optimizer.weight_decay=-0.1", "optimizer.weight_decay"),
+            ("optimizer.clip_norm=-1", "optimizer.clip_norm"),
+            ("optimizer.eps=0", "optimizer.eps"),
+            ("model.arch.init_std=-0.02", "model.arch.init_std"),
+            ("model.arch.init_std=nan", "model.arch.init_std"),
+            ("model.arch.encoder_layers=0", "model.arch.encoder_layers"),
+            ("model.arch.max_positions=1", "model.arch.max_positions"),
+            ("data.max_len_ratio=nan", "data.max_len_ratio"),
+            ("batching.oversize=drop", "oversize"),
+            ("validation.metrics=[]", "validation.metrics"),
+        ] {
+            let err = Recipe::from_str_with("", "r.toml", &[set.into()]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains("r.toml"), "{set}: {msg}");
+        }
+        let err = Recipe::from_str_with(
+            "[validation]\nmetrics = [\"loss\"]\nbest_by = \"chrf\"\n",
+            "r.toml",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("validation.best_by"), "{err}");
         let err = Recipe::from_str_with("device = \"gpu\"\n", "r.toml", &[]).unwrap_err();
         assert!(err.to_string().contains("device"), "{err}");
     }

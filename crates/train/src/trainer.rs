@@ -6,7 +6,8 @@ use crate::data::{self, DataStats, Example, RawPair};
 use crate::error::{ext, Error, Result};
 use crate::init::init_marian;
 use crate::optim::{self, AdamW, Grads};
-use crate::recipe::{CriterionKind, DecodeKind, Precision, Recipe, TokenizerKind};
+use crate::recipe::{CriterionKind, DecodeKind, Precision, Recipe, TokenizerKind, ValidMetric};
+use crate::runlog::RunLog;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +16,6 @@ use rdrop_seq2seq::config::Config;
 use rdrop_seq2seq::dropout::{DropoutRng, Mode};
 use rdrop_seq2seq::model::MarianModel;
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -31,6 +31,27 @@ pub struct RunOptions {
     /// Fault injection for tests: update attempts (1-based, skipped ones included) whose loss is
     /// treated as non-finite.
     pub fault_nan_updates: Vec<u64>,
+    /// Resume from this checkpoint directory instead of the newest intact one (implies `resume`).
+    pub resume_from: Option<PathBuf>,
+    /// Set (to the signal's number) when the run should stop: the loop finishes the current
+    /// update, saves a checkpoint and returns [`Error::Interrupted`]. Signal handling itself is
+    /// the caller's (the binary's) business.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+/// `H:MM:SS` for a duration in seconds.
+fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The name of a stop signal for messages.
+fn signal_name(n: usize) -> String {
+    match n {
+        2 => "SIGINT".into(),
+        15 => "SIGTERM".into(),
+        n => format!("signal {n}"),
+    }
 }
 
 /// What a finished run reports.
@@ -38,9 +59,13 @@ pub struct RunOptions {
 pub struct Summary {
     pub updates: u64,
     pub epochs: u64,
+    /// Validation BLEU of the best checkpoint (if BLEU was computed).
     pub best_bleu: Option<f64>,
+    /// The metric that chose `best/`, its value there and the update.
+    pub best_by: ValidMetric,
+    pub best_value: Option<f64>,
     pub best_update: Option<u64>,
-    /// `<output_dir>/best` if a validation BLEU was computed, else the last checkpoint.
+    /// `<output_dir>/best` if a validation chose one, else the last checkpoint.
     pub best_dir: PathBuf,
     pub last_dir: PathBuf,
     pub train_stats: DataStats,
@@ -58,6 +83,9 @@ pub struct Validation {
     /// Plain NLL per target token.
     pub nll: f64,
     pub bleu: Option<f64>,
+    pub chrf: Option<f64>,
+    /// Mean per-token symmetric KL between two train-mode passes (`validation.consistency`).
+    pub consistency_kl: Option<f64>,
     pub sentences: usize,
 }
 
@@ -69,6 +97,8 @@ pub struct Session {
     pub varmap: VarMap,
     pub model: MarianModel,
     pub tokenizer: MarianTokenizer,
+    /// Things the user should hear about that do not stop the run (e.g. a smaller vocabulary).
+    pub warnings: Vec<String>,
 }
 
 /// `cpu` / `cuda[:N]` → a candle device, through the one parser translate and score use too, so a
@@ -163,6 +193,7 @@ fn tokenizer_training_files(r: &Recipe, pairs: &[RawPair]) -> Result<Vec<PathBuf
 pub fn build_session(r: &Recipe, train_pairs: &[RawPair], from: Option<&Path>) -> Result<Session> {
     let device = make_device(&r.device)?;
     let dtype = DType::F32;
+    let mut warnings = Vec::new();
     let (tokenizer, cfg, varmap) = if let Some(dir) = from {
         let tok = MarianTokenizer::from_dir(dir).map_err(ext)?;
         let cfg = config_with_dropout(dir, r)?;
@@ -189,6 +220,14 @@ pub fn build_session(r: &Recipe, train_pairs: &[RawPair], from: Option<&Path>) -
         let files = tokenizer_training_files(r, train_pairs)?;
         let tok = rdrop_seq2seq::tokenizer::train_joint(&files, kind, r.tokenizer.vocab_size)
             .map_err(ext)?;
+        if tok.vocab_size() < r.tokenizer.vocab_size {
+            warnings.push(format!(
+                "warning: tokenizer.vocab_size = {} but the training text yields only {} pieces: the model uses {}",
+                r.tokenizer.vocab_size,
+                tok.vocab_size(),
+                tok.vocab_size()
+            ));
+        }
         let cfg = scratch_config(r, &tok)?;
         (tok, cfg, VarMap::new())
     };
@@ -208,6 +247,7 @@ pub fn build_session(r: &Recipe, train_pairs: &[RawPair], from: Option<&Path>) -
         varmap,
         model,
         tokenizer,
+        warnings,
     })
 }
 
@@ -359,19 +399,15 @@ pub fn validate(
     s: &Session,
     valid: &[Example],
     refs: &[String],
-    with_bleu: bool,
+    metrics: &[ValidMetric],
 ) -> Result<Validation> {
     let pad = s.tokenizer.pad_id();
-    let ce = make_criterion(
-        &Recipe {
-            criterion: crate::recipe::CriterionSection {
-                kind: CriterionKind::LabelSmoothedCe,
-                ..s.recipe.criterion.clone()
-            },
-            ..Recipe::default()
-        },
-        pad,
-    )?;
+    // One pass of the run's label smoothing, whatever the training criterion.
+    let ce = CriterionConfig::LabelSmoothedCe {
+        eps: s.recipe.criterion.label_smoothing,
+    }
+    .build(pad)
+    .map_err(ext)?;
     let (mut loss, mut nll, mut n) = (0f64, 0f64, 0usize);
     let idx: Vec<usize> = (0..valid.len()).collect();
     for chunk in idx.chunks(s.recipe.validation.batch_size) {
@@ -381,20 +417,68 @@ pub fn validate(
         nll += parts.nll_sum[0].to_dtype(DType::F64)?.to_scalar::<f64>()?;
         n += parts.ntokens;
     }
-    let bleu = if with_bleu && !valid.is_empty() {
+    let (mut bleu, mut chrf) = (None, None);
+    if metrics.iter().any(|m| m.needs_decoding()) && !valid.is_empty() {
         let sources: Vec<Vec<u32>> = valid.iter().map(|e| e.source.clone()).collect();
         let hyps = translate(s, &sources)?;
-        Some(corpus_bleu(&hyps, refs)?)
-    } else {
-        None
-    };
+        if metrics.contains(&ValidMetric::Bleu) {
+            bleu = Some(corpus_bleu(&hyps, refs)?);
+        }
+        if metrics.contains(&ValidMetric::Chrf) {
+            let c = rdrop_bleu::Chrf::new(rdrop_bleu::ChrfConfig::default(), &[refs.to_vec()])
+                .map_err(ext)?;
+            chrf = Some(c.corpus_score(&hyps).map_err(ext)?);
+        }
+    }
     let n1 = n.max(1) as f64;
     Ok(Validation {
         loss: loss / n1,
         nll: nll / n1,
         bleu,
+        chrf,
+        consistency_kl: None,
         sentences: valid.len(),
     })
+}
+
+impl Validation {
+    /// The value of one metric, if it was computed.
+    pub fn metric(&self, m: ValidMetric) -> Option<f64> {
+        match m {
+            ValidMetric::Bleu => self.bleu,
+            ValidMetric::Chrf => self.chrf,
+            ValidMetric::Loss => Some(self.loss),
+            ValidMetric::Nll => Some(self.nll),
+        }
+    }
+}
+
+/// Dropout consistency on `valid`: every batch stacked on itself and run once in train mode, as
+/// R-Drop trains, giving the mean over target tokens of (KL(P1‖P2) + KL(P2‖P1)) / 2 — the term
+/// R-Drop's α weighs. Masks come from their own generator seeded with `seed`, so measuring leaves
+/// the training run's dropout stream (and a resume's bit-identity) untouched.
+pub fn dropout_consistency(s: &Session, valid: &[Example], seed: u64) -> Result<f64> {
+    let pad = s.tokenizer.pad_id();
+    let kl = CriterionConfig::RDrop {
+        eps: s.recipe.criterion.label_smoothing,
+        alpha: 1.0,
+    }
+    .build(pad)
+    .map_err(ext)?;
+    let model = frozen_model(s)?;
+    let rng = DropoutRng::new(seed);
+    let (mut sum, mut n) = (0f64, 0usize);
+    let idx: Vec<usize> = (0..valid.len()).collect();
+    for chunk in idx.chunks(s.recipe.validation.batch_size) {
+        let b = data::make_batch(valid, chunk, pad, s.cfg.decoder_start_token_id, &s.device)?;
+        rng.seed_device(&s.device).map_err(ext)?;
+        let parts = model_loss(&model, kl.as_ref(), &b, Mode::Train(&rng))?;
+        if let Some(k) = &parts.kl_sum {
+            sum += k.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        }
+        n += parts.ntokens;
+    }
+    Ok(sum / n.max(1) as f64)
 }
 
 /// Saves a full checkpoint atomically.
@@ -410,45 +494,49 @@ pub fn save_checkpoint(s: &Session, opt: &AdamW, state: &TrainerState, dest: &Pa
     })
 }
 
-struct Metrics {
-    file: Option<std::fs::File>,
-}
-
-impl Metrics {
-    /// Opens `metrics.jsonl`; on resume, drops records written after the resumed update (they
-    /// belong to the interrupted run's lost tail and will be produced again).
-    fn open(path: &Path, resume_update: Option<u64>) -> Result<Self> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let keep = match (resume_update, std::fs::read_to_string(path)) {
-            (Some(u), Ok(text)) => text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("update").and_then(|x| x.as_u64()))
-                        .is_some_and(|x| x <= u)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect::<String>(),
-            _ => String::new(),
-        };
-        std::fs::write(path, keep).map_err(io)?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        Ok(Metrics { file: Some(file) })
+/// Leaves out training pairs that alone exceed `batching.max_tokens` (a batch could not hold them
+/// without breaking the budget), counted in `stats`, or refuses them with `batching.oversize = "error"`.
+fn drop_oversize(
+    s: &Session,
+    pairs: &[RawPair],
+    examples: &mut Vec<Example>,
+    stats: &mut DataStats,
+) -> Result<()> {
+    let cap = s.recipe.batching.max_tokens;
+    let fits = |e: &Example| e.source.len().max(e.target.len()) <= cap;
+    let before = examples.len();
+    examples.retain(fits);
+    let dropped = before - examples.len();
+    if dropped == 0 {
+        return Ok(());
     }
-
-    fn log(&mut self, v: serde_json::Value) {
-        if let Some(f) = &mut self.file {
-            // Metrics are advisory: a full disk must not kill the run here (checkpoints report it).
-            let _ = writeln!(f, "{v}");
+    if s.recipe.batching.oversize == crate::recipe::Oversize::Error {
+        let split = &s.recipe.data.train;
+        let file = split
+            .source
+            .as_ref()
+            .or(split.file.as_ref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "data.train".into());
+        // Only in this error path: find the first offending line to name it.
+        for p in pairs {
+            let src = s.tokenizer.encode_source(&p.source).map_err(ext)?;
+            let tgt = s.tokenizer.encode_target(&p.target).map_err(ext)?;
+            let n = src.len().max(tgt.len());
+            if n > cap && n <= s.recipe.data.max_len {
+                return Err(Error::BadLine {
+                    path: file.into(),
+                    line: p.line,
+                    message: format!(
+                        "a pair of {n} tokens exceeds batching.max_tokens = {cap}, and {dropped} pairs do in all (batching.oversize = \"error\"; \"skip\" leaves them out, or raise max_tokens)"
+                    ),
+                });
+            }
         }
     }
+    stats.over_max_tokens = dropped;
+    stats.kept = examples.len();
+    Ok(())
 }
 
 /// Loads and filters both splits. Reports the counts (never silent).
@@ -460,11 +548,6 @@ fn load_data(r: &Recipe) -> Result<(Vec<RawPair>, DataStats, Vec<RawPair>, DataS
 
 /// Runs (or resumes) the training job a recipe describes.
 pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
-    let say = |msg: &str| {
-        if !opts.quiet {
-            eprintln!("{msg}");
-        }
-    };
     if r.training.threads > 0 {
         // candle's CPU kernels read this when they first build their thread pool.
         std::env::set_var("RAYON_NUM_THREADS", r.training.threads.to_string());
@@ -474,18 +557,27 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         path: out.clone(),
         source,
     })?;
+    let _lock = checkpoint::lock_run_dir(out)?;
+    // Holding the lock, nothing else writes here: temporaries are a killed run's (e.g. the old
+    // best/ swapped out by a save that was killed before deleting it).
+    checkpoint::remove_temporaries(out)?;
+    // Errors reach train.log through the caller's message only; everything printed goes there too.
+    let runlog = std::cell::RefCell::new(RunLog::open(out)?);
+    let say = |msg: &str| {
+        runlog.borrow_mut().line(msg);
+        if !opts.quiet {
+            eprintln!("{msg}");
+        }
+    };
     let ck_dir = out.join("checkpoints");
     let existing = checkpoint::list_checkpoints(&ck_dir)?;
-    let resume_from = if opts.resume {
-        match existing.last() {
-            Some((_, p)) => Some(p.clone()),
-            None => {
-                return Err(Error::Other(format!(
-                    "--resume: no complete checkpoint under {}",
-                    ck_dir.display()
-                )))
-            }
+    let resume_from = if opts.resume || opts.resume_from.is_some() {
+        let (dir, warnings) = crate::resume::pick(&ck_dir, opts.resume_from.as_deref())?;
+        for w in warnings {
+            say(&w);
         }
+        crate::resume::check_recipe(&dir, r)?;
+        Some(dir)
     } else if !existing.is_empty() {
         return Err(Error::Other(format!(
             "{} already holds checkpoints: pass --resume to continue that run, or choose another output_dir",
@@ -497,8 +589,11 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
 
     let (train_pairs, mut tstats, valid_pairs, mut vstats) = load_data(r)?;
     let s = build_session(r, &train_pairs, resume_from.as_deref())?;
+    for w in &s.warnings {
+        say(w);
+    }
     let max_len = r.data.max_len.min(s.cfg.max_position_embeddings);
-    let train_ex = prepare_examples(
+    let mut train_ex = prepare_examples(
         &s,
         &train_pairs,
         &mut tstats,
@@ -506,6 +601,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         r.data.max_len_ratio,
         r.data.max_sentences,
     )?;
+    drop_oversize(&s, &train_pairs, &mut train_ex, &mut tstats)?;
     // Validation keeps every pair the model can take (no ratio filter); the limit is the recipe's.
     let mut valid_ex = Vec::new();
     let mut valid_refs = Vec::new();
@@ -560,8 +656,21 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         ..Default::default()
     };
     let mut dropout = DropoutRng::new(r.seed.wrapping_add(0x0d0d));
+    let fingerprint = crate::resume::data_fingerprint(&train_ex);
     if let Some(dir) = &resume_from {
         state = checkpoint::read_state(dir)?;
+        if let Some(then) = state
+            .data_fingerprint
+            .as_ref()
+            .filter(|&t| *t != fingerprint)
+        {
+            return Err(Error::Checkpoint {
+                path: dir.clone(),
+                message: format!(
+                    "--resume: the training data changed since this checkpoint (then {then}, now {fingerprint}): restore it or train into a new output_dir"
+                ),
+            });
+        }
         opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
         dropout = DropoutRng::from_state(
             serde_json::from_value(state.dropout_rng.clone()).map_err(|e| Error::Checkpoint {
@@ -575,6 +684,12 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             state.update,
             state.epoch + 1
         ));
+    }
+    state.data_fingerprint = Some(fingerprint);
+    let best_by = r.validation.best_metric();
+    // Checkpoints from before best_by kept only the best BLEU.
+    if state.best_value.is_none() && best_by == ValidMetric::Bleu {
+        state.best_value = state.best_bleu;
     }
     let criterion_desc = match r.criterion.kind {
         CriterionKind::Rdrop => format!(
@@ -600,9 +715,10 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             Precision::Bf16 => "bf16 autocast (f32 weights and optimiser)",
         }
     ));
-    let mut metrics = Metrics::open(
-        &out.join("metrics.jsonl"),
+    runlog.borrow_mut().open_metrics(
+        out,
         resume_from.as_ref().map(|_| state.update),
+        r.training.tensorboard,
     )?;
 
     let pad = s.tokenizer.pad_id();
@@ -629,6 +745,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
     );
     pb.set_position(state.update);
     let log_line = |pb: &ProgressBar, msg: String| {
+        runlog.borrow_mut().line(&msg);
         if opts.quiet {
         } else if pb.is_hidden() {
             eprintln!("{msg}");
@@ -637,6 +754,11 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         }
     };
 
+    // Wall time continues across resumes, so curves against time stay comparable between runs.
+    let run_start = Instant::now();
+    let wall_at_start = state.wall_seconds;
+    let first_update = state.update;
+    let wall = || wall_at_start + run_start.elapsed().as_secs_f64();
     let mut last_dir = resume_from.clone().unwrap_or_default();
     let mut last_valid: Option<Validation> = None;
     let mut stopped_early = false;
@@ -715,7 +837,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
                     state.nan_total
                 ),
             );
-            metrics.log(serde_json::json!({"kind": "nan_skip", "update": state.update, "nan_total": state.nan_total}));
+            runlog.borrow_mut().record(&serde_json::json!({"kind": "nan_skip", "update": state.update, "nan_total": state.nan_total}));
             if state.nan_consecutive > r.nan.max_consecutive || state.nan_total > r.nan.max_total {
                 pb.finish_and_clear();
                 let kept = if last_dir.as_os_str().is_empty() {
@@ -772,15 +894,19 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
                 "loss": win_loss / wn, "ce": win_ce / wn, "nll": win_nll / wn,
                 "kl": if r.criterion.kind == CriterionKind::Rdrop { Some(win_kl / wn) } else { None },
                 "lr": lr, "grad_norm": gnorm, "tokens_per_s": wn / secs.max(1e-9),
-                "updates_in_window": win_n, "tokens_seen": state.tokens_seen,
+                "updates_in_window": win_n, "tokens_seen": state.tokens_seen, "wall_s": wall(),
             });
+            // From this process's own pace (validation time included), so a resumed run's ETA is honest.
+            let done_here = state.update.saturating_sub(first_update).max(1);
+            let eta = run_start.elapsed().as_secs_f64() / done_here as f64
+                * total.saturating_sub(state.update) as f64;
             log_line(&pb, format!(
-                "update {:>6} epoch {:>3} | loss {:.4} ce {:.4}{} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s",
+                "update {:>6} epoch {:>3} | loss {:.4} ce {:.4}{} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s | eta {}",
                 state.update, state.epoch + 1, win_loss / wn, win_ce / wn,
                 if r.criterion.kind == CriterionKind::Rdrop { format!(" kl {:.4}", win_kl / wn) } else { String::new() },
-                lr, gnorm, wn / secs.max(1e-9)
+                lr, gnorm, wn / secs.max(1e-9), hms(eta)
             ));
-            metrics.log(rec);
+            runlog.borrow_mut().record(&rec);
             (win_loss, win_ce, win_kl, win_nll, win_tok, win_n) = (0.0, 0.0, 0.0, 0.0, 0, 0);
             win_start = Instant::now();
         }
@@ -796,47 +922,67 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         if want_valid && validated_at != state.update {
             validated_at = state.update;
             let t0 = Instant::now();
-            let v = validate(&s, &valid_ex, &valid_refs, r.validation.bleu)?;
-            let improved = match (v.bleu, state.best_bleu) {
-                (Some(b), Some(best)) => b > best,
+            let mut v = validate(&s, &valid_ex, &valid_refs, &r.validation.metrics)?;
+            if r.validation.consistency {
+                let seed = r.seed ^ state.update.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                v.consistency_kl = Some(dropout_consistency(&s, &valid_ex, seed)?);
+            }
+            let value = v.metric(best_by);
+            let improved = match (value, state.best_value) {
+                (Some(x), Some(best)) if best_by.higher_is_better() => x > best,
+                (Some(x), Some(best)) => x < best,
                 (Some(_), None) => true,
                 _ => false,
             };
             if improved {
+                state.best_value = value;
                 state.best_bleu = v.bleu;
                 state.best_update = Some(state.update);
                 state.bad_validations = 0;
-            } else if v.bleu.is_some() {
+            } else if value.is_some() {
                 state.bad_validations += 1;
             }
             log_line(
                 &pb,
                 format!(
-                    "valid at update {}: loss {:.4} nll {:.4}{}{} ({:.1}s)",
+                    "valid at update {}: loss {:.4} nll {:.4}{}{}{}{} ({:.1}s)",
                     state.update,
                     v.loss,
                     v.nll,
                     v.bleu.map(|b| format!(" BLEU {b:.2}")).unwrap_or_default(),
+                    v.chrf.map(|c| format!(" chrF {c:.2}")).unwrap_or_default(),
+                    v.consistency_kl
+                        .map(|k| format!(" dropout-KL {k:.4}"))
+                        .unwrap_or_default(),
                     if improved { " (best)" } else { "" },
                     t0.elapsed().as_secs_f64()
                 ),
             );
-            metrics.log(serde_json::json!({
+            runlog.borrow_mut().record(&serde_json::json!({
                 "kind": "valid", "update": state.update, "epoch": state.epoch + 1,
-                "loss": v.loss, "nll": v.nll, "bleu": v.bleu, "best_bleu": state.best_bleu,
-                "sentences": v.sentences,
+                "loss": v.loss, "nll": v.nll, "bleu": v.bleu, "chrf": v.chrf,
+                "best_by": best_by.name(), "best_value": state.best_value,
+                "consistency_kl": v.consistency_kl, "sentences": v.sentences,
+                "tokens_seen": state.tokens_seen, "wall_s": wall(),
             }));
             if improved {
+                state.wall_seconds = wall();
                 state.dropout_rng = serde_json::to_value(dropout.state())
                     .map_err(|e| Error::Other(e.to_string()))?;
                 save_checkpoint(&s, &opt, &state, &out.join("best"))?;
             }
             last_valid = Some(v);
             if r.validation.patience > 0 && state.bad_validations >= r.validation.patience {
-                log_line(&pb, format!(
-                    "early stop: no BLEU improvement in {} validations (best {:.2} at update {})",
-                    state.bad_validations, state.best_bleu.unwrap_or(0.0), state.best_update.unwrap_or(0)
-                ));
+                log_line(
+                    &pb,
+                    format!(
+                        "early stop: no {} improvement in {} validations (best {:.4} at update {})",
+                        best_by.name(),
+                        state.bad_validations,
+                        state.best_value.unwrap_or(0.0),
+                        state.best_update.unwrap_or(0)
+                    ),
+                );
                 stopped_early = true;
             }
         }
@@ -847,6 +993,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             || stopped_early;
         if want_save && saved_at != state.update {
             saved_at = state.update;
+            state.wall_seconds = wall();
             state.dropout_rng =
                 serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
             let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
@@ -857,9 +1004,31 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         if stopped_early {
             break;
         }
+        let signal = opts
+            .stop
+            .as_ref()
+            .map_or(0, |f| f.load(std::sync::atomic::Ordering::SeqCst));
+        if signal != 0 {
+            if saved_at != state.update {
+                state.wall_seconds = wall();
+                state.dropout_rng = serde_json::to_value(dropout.state())
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
+                save_checkpoint(&s, &opt, &state, &dest)?;
+                checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
+                last_dir = dest;
+            }
+            pb.finish_and_clear();
+            return Err(Error::Interrupted {
+                signal: signal_name(signal),
+                update: state.update,
+                checkpoint: last_dir,
+            });
+        }
     }
     // Epoch limits can end the loop between updates: make sure the final state is on disk.
     if saved_at != state.update || last_dir.as_os_str().is_empty() {
+        state.wall_seconds = wall();
         state.dropout_rng =
             serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
         let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
@@ -873,6 +1042,8 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
         updates: state.update,
         epochs: state.epoch,
         best_bleu: state.best_bleu,
+        best_by,
+        best_value: state.best_value,
         best_update: state.best_update,
         best_dir,
         last_dir,

@@ -52,7 +52,7 @@ log_every = 5
 [validation]
 every_updates = 0
 every_epoch = false
-bleu = false
+metrics = ["loss"]
 batch_size = 16
 [checkpoint]
 every_updates = 0
@@ -71,11 +71,18 @@ fn quiet() -> RunOptions {
     }
 }
 
-fn train_records(run: &Path) -> Vec<serde_json::Value> {
+/// The records of `metrics.jsonl`, all kinds.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect()
+}
+
+fn train_records(run: &Path) -> Vec<serde_json::Value> {
+    metrics(run)
+        .into_iter()
         .filter(|v| v["kind"] == "train")
         .collect()
 }
@@ -159,6 +166,176 @@ fn kl_positive_in_train_mode_zero_in_eval_mode() {
         kl(&train)
     );
     assert_eq!(kl(&eval), 0.0);
+}
+
+/// The dropout-consistency diagnostic against the KL written out by hand on the same doubled pass:
+/// log-softmax of both halves, Σ_v p1 (log p1 − log p2) and the reverse, halved, averaged over the
+/// non-pad target tokens. Without dropout the two passes are one model: exactly 0.
+#[test]
+fn dropout_consistency_is_the_mean_symmetric_kl_of_two_train_passes() {
+    use candle_core::{DType, Tensor, D};
+    let d = tempfile::tempdir().unwrap();
+    let mut r = tiny_recipe(d.path());
+    r.model.dropout = 0.3;
+    let (sess, b, _) = session_with_batch(&r);
+    let (pairs, mut stats) =
+        rdrop_train::data::read_split(&r.data.train, &r.data, "train").unwrap();
+    let ex = trainer::prepare_examples(&sess, &pairs[..8], &mut stats, 60, 3.0, 0).unwrap();
+    let got = trainer::dropout_consistency(&sess, &ex, 77).unwrap();
+
+    let rng = rdrop_seq2seq::dropout::DropoutRng::new(77);
+    let cat = |t: &Tensor| Tensor::cat(&[t, t], 0).unwrap();
+    let logits = sess
+        .model
+        .forward(
+            &cat(&b.src_ids),
+            &cat(&b.src_mask),
+            &cat(&b.tgt_in),
+            rdrop_seq2seq::dropout::Mode::Train(&rng),
+        )
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let n = b.labels.dim(0).unwrap();
+    let lp1 = candle_nn::ops::log_softmax(&logits.narrow(0, 0, n).unwrap(), D::Minus1).unwrap();
+    let lp2 = candle_nn::ops::log_softmax(&logits.narrow(0, n, n).unwrap(), D::Minus1).unwrap();
+    let kl = |a: &Tensor, b: &Tensor| {
+        (a.exp().unwrap() * (a - b).unwrap())
+            .unwrap()
+            .sum(D::Minus1)
+            .unwrap()
+    };
+    let per_token = ((kl(&lp1, &lp2) + kl(&lp2, &lp1)).unwrap() * 0.5).unwrap();
+    let keep = b
+        .labels
+        .ne(sess.tokenizer.pad_id())
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let total = (per_token * &keep)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let want = total / keep.sum_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(
+        want > 1e-5,
+        "dropout 0.3 must make the passes differ: {want}"
+    );
+    assert!(
+        (got - want).abs() <= 1e-4 * want,
+        "diagnostic {got} vs hand-written KL {want}"
+    );
+
+    r.model.dropout = 0.0;
+    let (sess, _, _) = session_with_batch(&r);
+    assert_eq!(trainer::dropout_consistency(&sess, &ex, 77).unwrap(), 0.0);
+}
+
+/// Every number of every metrics record is in the TensorBoard event file (read back with its
+/// framing and CRCs checked), and train.log has the terminal's lines with timestamps, appended on
+/// resume.
+#[test]
+fn tensorboard_and_train_log_hold_every_record() {
+    let d = tempfile::tempdir().unwrap();
+    let mut r = tiny_recipe(d.path());
+    r.training.max_updates = 10;
+    r.validation.every_updates = 5;
+    r.checkpoint.every_updates = 5;
+    trainer::train(&r, &quiet()).unwrap();
+    let tb: Vec<_> = std::fs::read_dir(r.output_dir.join("tb"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(tb.len(), 1, "{tb:?}");
+    let scalars = rdrop_train::tensorboard::read_scalars(&tb[0]).unwrap();
+    let metrics = metrics(&r.output_dir);
+    let mut expected = 0;
+    for rec in &metrics {
+        let kind = rec["kind"].as_str().unwrap();
+        let step = rec["update"].as_i64().unwrap();
+        for (k, v) in rec.as_object().unwrap() {
+            let Some(x) = v.as_f64().filter(|_| k != "update") else {
+                continue;
+            };
+            expected += 1;
+            let tag = format!("{kind}/{k}");
+            assert!(
+                scalars
+                    .iter()
+                    .any(|(t, s, y)| *t == tag && *s == step && *y == x as f32),
+                "{tag} at {step} = {x} missing"
+            );
+        }
+    }
+    assert!(
+        expected > 20 && scalars.len() == expected,
+        "{expected} vs {}",
+        scalars.len()
+    );
+    assert!(metrics
+        .iter()
+        .any(|m| m["kind"] == "valid" && m["consistency_kl"].as_f64().is_some()));
+    assert!(metrics
+        .iter()
+        .all(|m| m["wall_s"].as_f64().is_some_and(|w| w > 0.0)));
+
+    let log = std::fs::read_to_string(r.output_dir.join("train.log")).unwrap();
+    assert!(log.lines().next().unwrap().starts_with("[20"), "{log}");
+    assert!(
+        log.contains("train: ") && log.contains("valid at update 10"),
+        "{log}"
+    );
+    let before = log.lines().count();
+    r.training.max_updates = 12;
+    trainer::train(
+        &r,
+        &RunOptions {
+            resume: true,
+            quiet: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(r.output_dir.join("train.log")).unwrap();
+    assert!(
+        log.lines().count() > before && log.contains("resuming from"),
+        "{log}"
+    );
+}
+
+/// `validation.metrics` are all logged, and `best_by = "loss"` keeps the checkpoint of the lowest
+/// validation loss in best/ (a falling metric, unlike BLEU); patience counts that metric too.
+#[test]
+fn best_by_loss_picks_the_lowest_validation_loss() {
+    use rdrop_train::recipe::ValidMetric;
+    let d = tempfile::tempdir().unwrap();
+    let mut r = tiny_recipe(d.path());
+    r.training.max_updates = 12;
+    r.validation.every_updates = 3;
+    r.validation.metrics = vec![ValidMetric::Bleu, ValidMetric::Chrf, ValidMetric::Loss];
+    r.validation.best_by = Some(ValidMetric::Loss);
+    let s = trainer::train(&r, &quiet()).unwrap();
+    let valid: Vec<serde_json::Value> = metrics(&r.output_dir)
+        .into_iter()
+        .filter(|v| v["kind"] == "valid")
+        .collect();
+    assert_eq!(valid.len(), 4);
+    assert!(valid
+        .iter()
+        .all(|v| v["chrf"].as_f64().is_some() && v["bleu"].as_f64().is_some()));
+    let best = valid
+        .iter()
+        .min_by(|a, b| a["loss"].as_f64().partial_cmp(&b["loss"].as_f64()).unwrap())
+        .unwrap();
+    assert_eq!(s.best_update, best["update"].as_u64());
+    assert_eq!(s.best_value, best["loss"].as_f64());
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(s.best_dir.join("trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["update"], best["update"]);
 }
 
 fn params(dir: &Path) -> Vec<u8> {

@@ -1,0 +1,141 @@
+//! What a run leaves to read besides checkpoints: `metrics.jsonl` (one JSON record per log or
+//! validation), `train.log` (every line the terminal shows, timestamped, appended across resumes)
+//! and TensorBoard event files under `tb/` (every numeric field of every record as a scalar).
+
+use crate::error::{Error, Result};
+use crate::tensorboard::EventWriter;
+use std::io::Write;
+use std::path::Path;
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for Unix seconds, without a date library (Hinnant's civil_from_days).
+pub fn utc_timestamp(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// The run's logs. Writing them is advisory: a full disk must not kill training here (the next
+/// checkpoint save reports it), so write errors are dropped.
+pub struct RunLog {
+    text: Option<std::fs::File>,
+    metrics: Option<std::fs::File>,
+    tb: Option<EventWriter>,
+}
+
+impl RunLog {
+    /// Opens `train.log` for appending (a resumed run continues the same file).
+    pub fn open(out: &Path) -> Result<Self> {
+        let path = out.join("train.log");
+        let text = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| Error::Io { path, source })?;
+        Ok(RunLog {
+            text: Some(text),
+            metrics: None,
+            tb: None,
+        })
+    }
+
+    /// Opens `metrics.jsonl` (on resume, records after the resumed update are dropped: they belong
+    /// to the interrupted run's lost tail and will be produced again) and, with `tensorboard`, a new
+    /// event file in `tb/`.
+    pub fn open_metrics(
+        &mut self,
+        out: &Path,
+        resume_update: Option<u64>,
+        tensorboard: bool,
+    ) -> Result<()> {
+        let path = out.join("metrics.jsonl");
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let keep = match (resume_update, std::fs::read_to_string(&path)) {
+            (Some(u), Ok(text)) => text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("update").and_then(|x| x.as_u64()))
+                        .is_some_and(|x| x <= u)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+            _ => String::new(),
+        };
+        std::fs::write(&path, keep).map_err(io)?;
+        self.metrics = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io)?,
+        );
+        if tensorboard {
+            let dir = out.join("tb");
+            self.tb =
+                Some(EventWriter::create(&dir).map_err(|source| Error::Io { path: dir, source })?);
+        }
+        Ok(())
+    }
+
+    /// Appends a line to `train.log` with the time.
+    pub fn line(&mut self, msg: &str) {
+        if let Some(f) = &mut self.text {
+            let _ = writeln!(
+                f,
+                "[{}] {msg}",
+                utc_timestamp(crate::tensorboard::now() as u64)
+            );
+        }
+    }
+
+    /// Appends a record to `metrics.jsonl` and its numbers to TensorBoard as `<kind>/<key>` at
+    /// step `update`.
+    pub fn record(&mut self, v: &serde_json::Value) {
+        if let Some(f) = &mut self.metrics {
+            let _ = writeln!(f, "{v}");
+        }
+        let (Some(tb), Some(obj)) = (&mut self.tb, v.as_object()) else {
+            return;
+        };
+        let kind = obj.get("kind").and_then(|k| k.as_str()).unwrap_or("run");
+        let step = obj.get("update").and_then(|u| u.as_u64()).unwrap_or(0);
+        let scalars: Vec<(String, f32)> = obj
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "kind" | "update"))
+            .filter_map(|(k, x)| Some((format!("{kind}/{k}"), x.as_f64()? as f32)))
+            .collect();
+        if !scalars.is_empty() {
+            let _ = tb.scalars(step, &scalars);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_match_known_dates() {
+        // `date -u -d @SECS '+%F %T'` for each.
+        assert_eq!(utc_timestamp(0), "1970-01-01 00:00:00");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29 00:00:00");
+        assert_eq!(utc_timestamp(1_796_161_599), "2026-12-01 21:46:39");
+    }
+}
