@@ -1,59 +1,208 @@
 #!/usr/bin/env bash
-# Baseline (label-smoothed CE) vs R-Drop on Multi30k de→en with the same update budget:
-# trains both recipes, decodes test_2016_flickr with beam search from each best checkpoint
-# (by validation BLEU), scores with `rdrop bleu` (cross-checked with sacreBLEU from the Python env),
-# runs a paired bootstrap test, and writes a markdown table + training curves.
+# Multi30k de→en, trained to convergence: the baseline (label-smoothed CE), an R-Drop α sweep, R-Drop
+# at the α that validation picks, and a compute-matched control (the baseline given R-Drop's
+# forward/backward sentence passes: twice its updates). Each system's best checkpoint (by validation
+# BLEU) and the average of its last checkpoints decode test_2016_flickr and test_2017_flickr with
+# beam search; `rdrop bleu` scores them (BLEU, lowercased BLEU, chrF), runs paired bootstrap and
+# approximate randomisation tests, and scripts/multi30k_report.py writes report.md with PNG curves.
 #
-#   scripts/multi30k-experiment.sh [MAX_UPDATES]      (default: the recipes' budget, 6000 updates)
+#   scripts/multi30k-experiment.sh [--device cuda] [--plan "STEP ..."] [--fresh-binary]
 #
-# Environment: OUT (default runs/multi30k-experiment), RDROP (binary; default target/release/rdrop,
-# built if missing), BEAM (default 5), EXTRA_SET (more `--set k=v` flags for both runs).
-# Re-running continues interrupted trainings (--resume). Needs ../shared/data/multi30k.
+# Resumable: every step leaves a DONE marker or checkpoints, and a rerun continues where it stopped
+# (a killed training resumes from its latest checkpoint). State lives outside the work tree so a new
+# checkout continues the same experiment:
+#   STATE     (default $HOME/.cache/rdrop/multi30k-experiment[-cuda]) runs, outputs, scores, report
+#   RDROP     binary to run (default target/release/rdrop, built if missing). It is copied into
+#             $STATE/bin once, with the commit it was built from, and that copy runs every step, so
+#             later builds cannot change a running experiment; --fresh-binary replaces the copy.
+#   ALPHAS    α values of the sweep (default "0.5 1 3 5")
+#   SWEEP_UPDATES  updates per sweep run (default 1500, ~7 epochs: short runs, picked on validation BLEU)
+#   SEEDS     seeds of the baseline and the chosen R-Drop (default "1"; "1 2" for mean ± std)
+#   BEAM      test decoding beam (default 5); AVG_LAST (checkpoints averaged, default 5)
+#   EXTRA_SET more `--set k=v` flags for every training (e.g. a shorter budget for a smoke test)
+#   NICE      niceness of the trainings (default 19: the experiment yields to interactive work)
+#   TEST_LINES decode and score only the first N lines of each test set (smoke tests; default all)
+# --plan picks and orders the steps (default: "baseline sweep rdrop control seeds report").
+# With --device cuda, every training runs on the GPU (use a CUDA build as RDROP).
+# Needs ../shared/data/multi30k; the report needs Python (a small venv with sacrebleu, sacremoses and
+# matplotlib is made under $STATE/py).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-UPDATES=${1:-}
-OUT=${OUT:-runs/multi30k-experiment}
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+DEVICE=cpu
+PLAN="baseline sweep rdrop control seeds report"
+FRESH=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --plan) PLAN=$2; shift 2 ;;
+    --fresh-binary) FRESH=1; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+suffix=""; [ "$DEVICE" != cpu ] && suffix="-cuda"
+STATE=${STATE:-$HOME/.cache/rdrop/multi30k-experiment$suffix}
+ALPHAS=${ALPHAS:-0.5 1 3 5}
+SWEEP_UPDATES=${SWEEP_UPDATES:-1500}
+SEEDS=${SEEDS:-1}
 BEAM=${BEAM:-5}
-DATA=../shared/data/multi30k/raw
+AVG_LAST=${AVG_LAST:-5}
+NICE=${NICE:-19}
+DATA=$repo/../shared/data/multi30k/raw
 [ -d "$DATA" ] || { echo "no Multi30k data at $DATA" >&2; exit 1; }
-if [ -z "${RDROP:-}" ]; then
-  RDROP=target/release/rdrop
-  [ -x "$RDROP" ] || cargo build --release -p rdrop >&2
-fi
-mkdir -p "$OUT"
-SETS=()
-[ -n "$UPDATES" ] && SETS+=(--set "training.max_updates=$UPDATES")
-# Validate and checkpoint at least 4 times in a short run.
-if [ -n "$UPDATES" ]; then
-  EVERY=$(( UPDATES / 4 > 0 ? UPDATES / 4 : 1 ))
-  SETS+=(--set "validation.every_updates=$EVERY" --set "checkpoint.every_updates=$EVERY")
-  WARM=$(( UPDATES / 6 > 0 ? UPDATES / 6 : 1 ))
-  [ "$WARM" -lt 1000 ] && SETS+=(--set "schedule.warmup_updates=$WARM")
-fi
-# shellcheck disable=SC2206
-SETS+=(${EXTRA_SET:-})
+mkdir -p "$STATE"/{bin,runs,out,scores,logs,test}
+# The test sets as scored (all lines unless TEST_LINES), with the official tokenised references.
+for t in test_2016_flickr test_2017_flickr; do
+  for f in "$DATA/$t.de" "$DATA/$t.en" "$DATA/../tok/$t.lc.norm.tok.en"; do
+    if [ -n "${TEST_LINES:-}" ]; then head -n "$TEST_LINES" "$f"; else cat "$f"; fi >"$STATE/test/$(basename "$f")"
+  done
+done
+TEST=$STATE/test
+log() { echo "[$(date '+%F %T')] $*" | tee -a "$STATE/logs/experiment.log" >&2; }
 
-for name in baseline rdrop; do
-  run="$OUT/$name"
-  resume=()
-  [ -d "$run/checkpoints" ] && [ -n "$(ls "$run/checkpoints" 2>/dev/null)" ] && resume=(--resume)
-  if [ ! -f "$run/DONE" ]; then
-    echo "== training $name ($run)" >&2
-    /usr/bin/time -v "$RDROP" train "recipes/multi30k-de-en-$name.toml" --set "output_dir=\"$run\"" \
-      "${SETS[@]}" "${resume[@]}" 2> >(tee "$run.train.log" >&2)
-    touch "$run/DONE"
+# --- the frozen binary ------------------------------------------------------------------------
+BIN=$STATE/bin/rdrop
+if [ ! -x "$BIN" ] || [ "$FRESH" = 1 ]; then
+  src=${RDROP:-$repo/target/release/rdrop}
+  if [ -z "${RDROP:-}" ]; then cargo build --release --locked -p rdrop >&2; fi
+  cp "$src" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
+  commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+  echo "$commit" >"$STATE/bin/COMMIT"
+  log "binary: $src at $commit -> $BIN"
+fi
+COMMIT=$(cat "$STATE/bin/COMMIT")
+
+# --- steps ------------------------------------------------------------------------------------
+# train NAME RECIPE [--set ...]: trains into $STATE/runs/NAME, resuming a partial run.
+train() {
+  local name=$1 recipe=$2; shift 2
+  local run=$STATE/runs/$name
+  [ -f "$run/DONE" ] && return 0
+  local resume=()
+  if [ -n "$(ls "$run/checkpoints" 2>/dev/null)" ]; then resume=(--resume); fi
+  log "training $name ${resume[*]} ($*)"
+  # shellcheck disable=SC2086
+  nice -n "$NICE" "$BIN" train "$recipe" --set "output_dir=\"$run\"" --set "device=\"$DEVICE\"" \
+    "$@" ${EXTRA_SET:-} "${resume[@]}" >>"$STATE/logs/$name.log" 2>&1 \
+    || { log "training $name failed: see $STATE/logs/$name.log"; return 1; }
+  touch "$run/DONE"
+  log "trained $name: $(grep -h 'trained' "$STATE/logs/$name.log" | tail -n 1)"
+}
+
+# best_valid NAME: the best validation BLEU of a run (from its metrics).
+best_valid() {
+  python3 - "$STATE/runs/$1/metrics.jsonl" <<'EOF'
+import json, sys
+best = max((r.get("bleu") or -1 for r in map(json.loads, open(sys.argv[1])) if r.get("kind") == "valid"), default=-1)
+print(best)
+EOF
+}
+
+# updates_of NAME: updates the run trained.
+updates_of() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["update"])' \
+    "$(ls -d "$STATE/runs/$1"/checkpoints/update_* | tail -n 1)/trainer_state.json"
+}
+
+# evaluate NAME: decode both test sets from best/ and from the average of the last checkpoints.
+evaluate() {
+  local name=$1 run=$STATE/runs/$1
+  [ -f "$run/DONE" ] || return 0
+  local avg=$STATE/avg/$name-avg$AVG_LAST
+  if [ ! -f "$avg/model.safetensors" ]; then
+    mkdir -p "$STATE/avg"
+    "$BIN" average --checkpoints "$run" --last "$AVG_LAST" --out "$avg" >>"$STATE/logs/$name.log" 2>&1
   fi
-  echo "== decoding test_2016_flickr with $name (beam $BEAM)" >&2
-  "$RDROP" translate --model "$run/best" --beam "$BEAM" --quiet \
-    < "$DATA/test_2016_flickr.de" > "$OUT/$name.test_2016_flickr.en"
-done
+  for ck in best "avg$AVG_LAST"; do
+    local model=$run/best
+    [ "$ck" = best ] || model=$avg
+    for t in test_2016_flickr test_2017_flickr; do
+      local hyp=$STATE/out/$name.$ck.$t.en
+      if [ ! -f "$hyp" ]; then
+        nice -n "$NICE" "$BIN" translate --model "$model" --beam "$BEAM" --device "$DEVICE" --quiet \
+          --input "$TEST/$t.de" --output "$hyp.tmp" && mv "$hyp.tmp" "$hyp"
+      fi
+      for kind in bleu lc chrf; do
+        local sc=$STATE/scores/$name.$ck.$t.$kind.json
+        [ -f "$sc" ] && continue
+        case $kind in
+          bleu) "$BIN" bleu "$TEST/$t.en" -i "$hyp" -w 4 -f json >"$sc" ;;
+          lc) "$BIN" bleu "$TEST/$t.en" -i "$hyp" -lc -w 4 -f json >"$sc" ;;
+          chrf) "$BIN" bleu "$TEST/$t.en" -i "$hyp" -m chrf -w 4 -f json >"$sc" ;;
+        esac
+      done
+    done
+  done
+}
 
-REF="$DATA/test_2016_flickr.en"
-"$RDROP" bleu "$REF" -i "$OUT/baseline.test_2016_flickr.en" "$OUT/rdrop.test_2016_flickr.en" \
-  --paired-bs --paired-bs-n 1000 > "$OUT/paired-bootstrap.txt"
-cat "$OUT/paired-bootstrap.txt" >&2
-for name in baseline rdrop; do
-  "$RDROP" bleu "$REF" -i "$OUT/$name.test_2016_flickr.en" > "$OUT/$name.bleu.txt"
+# significance BASE OTHER: paired tests of OTHER against BASE on both test sets (best checkpoints).
+significance() {
+  local a=$1 b=$2
+  for t in test_2016_flickr test_2017_flickr; do
+    local ha=$STATE/out/$a.best.$t.en hb=$STATE/out/$b.best.$t.en
+    [ -f "$ha" ] && [ -f "$hb" ] || continue
+    local f=$STATE/scores/paired.$a.$b.$t.txt
+    [ -f "$f" ] && continue
+    # From the outputs' folder, so the tables name systems by file name, not by path.
+    (cd "$STATE/out" && "$BIN" bleu "$TEST/$t.en" -i "${ha##*/}" "${hb##*/}" --paired-bs --paired-bs-n 1000 \
+      && "$BIN" bleu "$TEST/$t.en" -i "${ha##*/}" "${hb##*/}" --paired-ar) >"$f.tmp" && mv "$f.tmp" "$f"
+  done
+}
+
+# chosen_alpha: the sweep's α with the best validation BLEU (ties: the smaller α).
+chosen_alpha() {
+  local best=-1 pick=""
+  for a in $ALPHAS; do
+    [ -f "$STATE/runs/sweep-a$a/DONE" ] || continue
+    local v; v=$(best_valid "sweep-a$a")
+    if python3 -c "import sys; sys.exit(0 if float('$v') > float('$best') else 1)"; then best=$v; pick=$a; fi
+  done
+  echo "$pick"
+}
+
+BASE=recipes/multi30k-de-en-baseline.toml
+RDROP_RECIPE=recipes/multi30k-de-en-rdrop.toml
+log "plan: $PLAN (device $DEVICE, state $STATE, binary from $COMMIT)"
+for step in $PLAN; do
+  case $step in
+    baseline) train baseline "$BASE" && evaluate baseline ;;
+    sweep)
+      for a in $ALPHAS; do
+        train "sweep-a$a" "$RDROP_RECIPE" --set "criterion.alpha=$a" \
+          --set "training.max_updates=$SWEEP_UPDATES" --set "validation.patience=0"
+      done ;;
+    rdrop)
+      alpha=$(chosen_alpha)
+      [ -n "$alpha" ] || { log "no finished sweep run: cannot choose α"; exit 1; }
+      echo "$alpha" >"$STATE/scores/chosen-alpha"
+      train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$alpha" && evaluate rdrop
+      significance baseline rdrop ;;
+    control)
+      [ -f "$STATE/runs/rdrop/DONE" ] || { log "control needs the finished rdrop run"; exit 1; }
+      n=$(( 2 * $(updates_of rdrop) ))
+      train control "$BASE" --set "training.max_updates=$n" --set "validation.patience=0" \
+        && evaluate control
+      significance control rdrop ;;
+    seeds)
+      alpha=$(cat "$STATE/scores/chosen-alpha")
+      for seed in $SEEDS; do
+        [ "$seed" = 1 ] && continue
+        train "baseline-s$seed" "$BASE" --set "seed=$seed" && evaluate "baseline-s$seed"
+        train "rdrop-s$seed" "$RDROP_RECIPE" --set "seed=$seed" --set "criterion.alpha=$alpha" \
+          && evaluate "rdrop-s$seed"
+        significance "baseline-s$seed" "rdrop-s$seed"
+      done ;;
+    report)
+      PYV=$STATE/py
+      if [ ! -x "$PYV/bin/python" ] || ! "$PYV/bin/python" -c 'import sacrebleu, sacremoses, matplotlib' 2>/dev/null; then
+        python3 -m venv "$PYV" && "$PYV/bin/pip" install -q sacrebleu==2.6.0 sacremoses matplotlib >&2
+      fi
+      "$PYV/bin/python" scripts/multi30k_report.py --state "$STATE" --data "$TEST" \
+        --tok "$TEST" --commit "$COMMIT" --avg "avg$AVG_LAST"
+      log "report: $STATE/report.md" ;;
+    *) echo "unknown step $step" >&2; exit 2 ;;
+  esac
 done
-PY=$(bash scripts/py-env.sh)/bin/python
-"$PY" scripts/multi30k_report.py --out "$OUT" --ref "$REF"

@@ -1,131 +1,201 @@
 #!/usr/bin/env python3
-"""Report for scripts/multi30k-experiment.sh: test BLEU of both systems (rdrop bleu, cross-checked with
-sacreBLEU), the paired bootstrap result, and training curves (loss, CE, KL, valid BLEU) as SVG.
-Writes <out>/report.md, <out>/curves.md (the curves as a table), <out>/curves-*.svg. No plotting library needed."""
+"""Report for scripts/multi30k-experiment.sh: every system's test_2016/test_2017 flickr scores (rdrop
+bleu: cased BLEU, lowercased BLEU, chrF; cross-checked with sacreBLEU; and Moses-tokenised lowercased
+BLEU against the official tokenised references, the convention of published Multi30k numbers), best vs
+averaged checkpoints, seeds as mean ± std, the α sweep, the paired significance tests, and training
+curves as PNG (CE per copy, KL, dropout consistency, validation loss and BLEU, against updates and
+against wall time). Writes <state>/report.md and <state>/curves-*.png."""
 import argparse
+import glob
 import json
 import os
-import re
+import statistics
 
-import sacrebleu
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import sacrebleu  # noqa: E402
+from sacremoses import MosesPunctNormalizer, MosesTokenizer  # noqa: E402
+
+TESTS = ["test_2016_flickr", "test_2017_flickr"]
 
 
 def records(path):
-    out = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    out.append(json.loads(line))
-    return out
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
-def svg_plot(path, title, series, ylabel):
-    """series: {name: [(x, y), ...]} -> a small SVG line chart."""
-    W, H, L, R, T, B = 640, 360, 60, 20, 30, 40
-    pts = [p for s in series.values() for p in s if p[1] is not None]
-    if not pts:
-        return False
-    x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
-    y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y1 = y0 + 1
-    sx = lambda x: L + (x - x0) / (x1 - x0) * (W - L - R)
-    sy = lambda y: H - B - (y - y0) / (y1 - y0) * (H - T - B)
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{W}" height="{H}" fill="white"/>',
-             f'<text x="{W/2}" y="18" text-anchor="middle" font-size="14">{title}</text>',
-             f'<line x1="{L}" y1="{H-B}" x2="{W-R}" y2="{H-B}" stroke="black"/>',
-             f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H-B}" stroke="black"/>',
-             f'<text x="{W/2}" y="{H-8}" text-anchor="middle">update</text>',
-             f'<text x="14" y="{H/2}" transform="rotate(-90 14 {H/2})" text-anchor="middle">{ylabel}</text>']
-    for i in range(5):
-        yv = y0 + (y1 - y0) * i / 4
-        xv = x0 + (x1 - x0) * i / 4
-        parts.append(f'<text x="{L-4}" y="{sy(yv)+4:.1f}" text-anchor="end">{yv:.3g}</text>')
-        parts.append(f'<text x="{sx(xv):.1f}" y="{H-B+14}" text-anchor="middle">{xv:.0f}</text>')
-    for k, (name, s) in enumerate(series.items()):
-        s = [p for p in s if p[1] is not None]
-        if not s:
-            continue
-        c = colors[k % len(colors)]
-        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
-        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="1.5" points="{d}"/>')
-        if len(s) < 30:
-            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{c}"/>' for x, y in s]
-        parts.append(f'<text x="{W-R-150}" y="{T+16+16*k}" fill="{c}">{name}</text>')
-    parts.append("</svg>")
-    with open(path, "w") as f:
-        f.write("\n".join(parts))
-    return True
+def lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().split("\n")[:-1] if os.path.getsize(path) else []
+
+
+def score(state, name, ck, test, kind):
+    p = os.path.join(state, "scores", f"{name}.{ck}.{test}.{kind}.json")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        v = json.load(f)
+    if isinstance(v, list):
+        v = v[0]
+    return v["score"]
+
+
+def tok_lc_bleu(hyps, tok_ref):
+    """Lowercased, punctuation-normalised, Moses-tokenised BLEU (tok none) against tok/*.lc.norm.tok."""
+    norm, tok = MosesPunctNormalizer(lang="en"), MosesTokenizer(lang="en")
+    t = [tok.tokenize(norm.normalize(h.lower()), return_str=True) for h in hyps]
+    return sacrebleu.corpus_bleu(t, [lines(tok_ref)], tokenize="none", force=True).score
+
+
+def describe(name):
+    if name.startswith("sweep-a"):
+        return f"R-Drop α {name[7:]} (sweep)"
+    base = name.split("-s")[0]
+    seed = name.split("-s")[1] if "-s" in name else "1"
+    label = {"baseline": "baseline (label-smoothed CE)", "rdrop": "R-Drop", "control":
+             "compute-matched baseline (2× updates)"}.get(base, base)
+    return f"{label}, seed {seed}"
+
+
+def plot(systems, xkey, path, title):
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    panels = [("train", "ce", "train CE per token (per copy)"),
+              ("train", "kl", "train KL (R-Drop, per token)"),
+              ("valid", "consistency_kl", "dropout consistency: valid KL of 2 train-mode passes"),
+              ("valid", "loss", "valid label-smoothed CE"),
+              ("valid", "bleu", "valid BLEU (greedy)"),
+              ("train", "lr", "learning rate")]
+    for ax, (kind, key, label) in zip(axes.flat, panels):
+        for name, recs in systems.items():
+            pts = [(r.get(xkey), r.get(key)) for r in recs if r.get("kind") == kind]
+            pts = [(x / (3600 if xkey == "wall_s" else 1), y) for x, y in pts if x is not None and y is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=name, marker="." if kind == "valid" else None)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("wall time (h)" if xkey == "wall_s" else "update")
+        ax.grid(alpha=0.3)
+    axes.flat[4].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--ref", required=True)
+    ap.add_argument("--state", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--tok", required=True)
+    ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--avg", default="avg5")
     a = ap.parse_args()
-    refs = open(a.ref, encoding="utf-8").read().splitlines()
-    rows, curves = [], {}
-    for name in ["baseline", "rdrop"]:
-        hyp_path = os.path.join(a.out, f"{name}.test_2016_flickr.en")
-        hyps = open(hyp_path, encoding="utf-8").read().splitlines()
-        sb = sacrebleu.corpus_bleu(hyps, [refs])
-        txt = open(os.path.join(a.out, f"{name}.bleu.txt"), encoding="utf-8").read()
-        m = re.search(r"BLEU[^=]*=\s*([0-9.]+)", txt) or re.search(r'"score":\s*([0-9.]+)', txt)
-        ours = float(m.group(1)) if m else float("nan")
-        recs = records(os.path.join(a.out, name, "metrics.jsonl"))
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(a.state, "runs", "*")))
+    out = [f"# Multi30k de→en: baseline vs R-Drop\n", f"Binary built from commit `{a.commit}`.\n"]
+
+    # Main table: one row per system and checkpoint.
+    out.append("| system | checkpoint | updates | best valid BLEU (update) | "
+               + " | ".join(f"{t} BLEU | lc BLEU | tok-lc BLEU | chrF" for t in TESTS) + " | train wall |")
+    out.append("|---" * (5 + 4 * len(TESTS)) + "|")
+    crosscheck, per_system = [], {}
+    systems_curves = {}
+    for name in names:
+        run = os.path.join(a.state, "runs", name)
+        recs = records(os.path.join(run, "metrics.jsonl"))
+        systems_curves[name] = recs
+        valid = [r for r in recs if r.get("kind") == "valid" and r.get("bleu") is not None]
         train = [r for r in recs if r.get("kind") == "train"]
-        valid = [r for r in recs if r.get("kind") == "valid"]
-        best = max((r["bleu"] for r in valid if r.get("bleu") is not None), default=None)
-        rows.append((name, ours, sb.score, best, train[-1]["update"] if train else 0,
-                     train[-1]["ce"] if train else None))
-        curves[name] = dict(
-            ce=[(r["update"], r["ce"]) for r in train],
-            loss=[(r["update"], r["loss"]) for r in train],
-            kl=[(r["update"], r.get("kl")) for r in train],
-            vbleu=[(r["update"], r.get("bleu")) for r in valid],
-            vloss=[(r["update"], r.get("loss")) for r in valid],
-        )
-    svg_plot(os.path.join(a.out, "curves-train-ce.svg"), "training CE per token (per copy)",
-             {n: c["ce"] for n, c in curves.items()}, "CE")
-    svg_plot(os.path.join(a.out, "curves-train-loss.svg"), "training loss per token",
-             {n: c["loss"] for n, c in curves.items()}, "loss")
-    svg_plot(os.path.join(a.out, "curves-kl.svg"), "R-Drop symmetric KL per token",
-             {"rdrop": curves["rdrop"]["kl"]}, "KL")
-    svg_plot(os.path.join(a.out, "curves-valid-bleu.svg"), "validation BLEU (val, greedy)",
-             {n: c["vbleu"] for n, c in curves.items()}, "BLEU")
-    svg_plot(os.path.join(a.out, "curves-valid-loss.svg"), "validation label-smoothed CE",
-             {n: c["vloss"] for n, c in curves.items()}, "loss")
-    # The same curves as a table (train records as logged, validations where they happened).
-    updates = sorted({u for c in curves.values() for key in ("ce", "vbleu") for u, _ in c[key]})
-    def at(name, key, u):
-        for x, y in curves[name][key]:
-            if x == u and y is not None:
-                return f"{y:.3f}" if key != "vbleu" else f"{y:.2f}"
-        return ""
-    curve_lines = ["| update | baseline CE | baseline valid loss | baseline valid BLEU | R-Drop CE (per copy) "
-                   "| R-Drop KL | R-Drop valid loss | R-Drop valid BLEU |", "|---|---|---|---|---|---|---|---|"]
-    for u in updates:
-        curve_lines.append(f"| {u} | {at('baseline', 'ce', u)} | {at('baseline', 'vloss', u)} | "
-                           f"{at('baseline', 'vbleu', u)} | {at('rdrop', 'ce', u)} | {at('rdrop', 'kl', u)} | "
-                           f"{at('rdrop', 'vloss', u)} | {at('rdrop', 'vbleu', u)} |")
-    with open(os.path.join(a.out, "curves.md"), "w") as f:
-        f.write("\n".join(curve_lines) + "\n")
-    paired = open(os.path.join(a.out, "paired-bootstrap.txt"), encoding="utf-8").read().strip()
-    lines = ["| system | test_2016_flickr BLEU (rdrop bleu) | sacreBLEU 2.6.0 | best valid BLEU | updates | last train CE |",
-             "|---|---|---|---|---|---|"]
-    for name, ours, sbs, best, upd, ce in rows:
-        lines.append(f"| {name} | {ours:.2f} | {sbs:.2f} | {'' if best is None else f'{best:.2f}'} | {upd} | "
-                     f"{'' if ce is None else f'{ce:.3f}'} |")
-    md = "\n".join(lines) + "\n\nPaired bootstrap (rdrop bleu --paired-bs, 1000 resamples):\n\n```\n" + paired + "\n```\n"
-    with open(os.path.join(a.out, "report.md"), "w") as f:
-        f.write(md)
-    print(md)
+        best = max(valid, key=lambda r: r["bleu"], default=None)
+        last_upd = train[-1]["update"] if train else 0
+        wall = max((r.get("wall_s") or 0 for r in recs), default=0)
+        done = os.path.exists(os.path.join(run, "DONE"))
+        for ck in ["best", a.avg]:
+            cells = []
+            for t in TESTS:
+                hyp = os.path.join(a.state, "out", f"{name}.{ck}.{t}.en")
+                if not os.path.exists(hyp):
+                    cells += ["", "", "", ""]
+                    continue
+                hyps = lines(hyp)
+                ours = score(a.state, name, ck, t, "bleu")
+                sb = sacrebleu.corpus_bleu(hyps, [lines(os.path.join(a.data, f"{t}.en"))]).score
+                crosscheck.append((name, ck, t, ours, sb))
+                tl = tok_lc_bleu(hyps, os.path.join(a.tok, f"{t}.lc.norm.tok.en"))
+                vals = [ours, score(a.state, name, ck, t, "lc"), tl, score(a.state, name, ck, t, "chrf")]
+                per_system.setdefault((name.split("-s")[0], ck, t), {}).setdefault(name, vals)
+                cells += ["" if v is None else f"{v:.2f}" for v in vals]
+            if not any(cells) and ck != "best":
+                continue
+            status = "" if done else " (running)"
+            out.append(f"| {describe(name)}{status} | {ck} | {last_upd} | "
+                       + (f"{best['bleu']:.2f} ({best['update']})" if best else "") + " | "
+                       + " | ".join(cells) + f" | {wall / 3600:.2f} h |")
+    out.append("\nBLEU: sacreBLEU's default (cased, 13a, detokenised; `rdrop bleu`). lc BLEU: the same, "
+               "lowercased (`-lc`). tok-lc BLEU: hypotheses lowercased, punctuation-normalised and "
+               "Moses-tokenised (sacremoses), scored with `tokenize=none` against the official "
+               "`*.lc.norm.tok.en` references: the convention of published Multi30k numbers. chrF: "
+               "sacreBLEU's chrF2. `best` = checkpoint with the best validation BLEU, "
+               f"`{a.avg}` = average of the last checkpoints.\n")
+
+    # Seeds: mean ± std where a system has several.
+    seeds = [(k, v) for k, v in per_system.items() if len(v) > 1]
+    if seeds:
+        out.append("| system | checkpoint | test | seeds | BLEU mean ± std | chrF mean ± std |\n|---|---|---|---|---|---|")
+        for (base, ck, t), v in sorted(seeds):
+            b = [x[0] for x in v.values()]
+            c = [x[3] for x in v.values()]
+            out.append(f"| {base} | {ck} | {t} | {len(b)} | {statistics.mean(b):.2f} ± {statistics.stdev(b):.2f} | "
+                       f"{statistics.mean(c):.2f} ± {statistics.stdev(c):.2f} |")
+        out.append("")
+
+    # The sweep.
+    sweep = [n for n in names if n.startswith("sweep-a")]
+    if sweep:
+        chosen = os.path.join(a.state, "scores", "chosen-alpha")
+        chosen = open(chosen).read().strip() if os.path.exists(chosen) else "?"
+        out.append(f"α sweep (validation BLEU, greedy; chosen α = {chosen}):\n")
+        out.append("| α | updates | best valid BLEU | last valid loss | last train CE | last train KL | last dropout-consistency KL |")
+        out.append("|---|---|---|---|---|---|---|")
+        for n in sorted(sweep, key=lambda n: float(n[7:])):
+            recs = systems_curves[n]
+            v = [r for r in recs if r.get("kind") == "valid"]
+            t = [r for r in recs if r.get("kind") == "train"]
+            bb = max((r["bleu"] for r in v if r.get("bleu") is not None), default=None)
+            f = lambda x: "" if x is None else f"{x:.3f}"
+            out.append(f"| {n[7:]} | {t[-1]['update'] if t else 0} | {f(bb)} | {f(v[-1].get('loss') if v else None)} | "
+                       f"{f(t[-1].get('ce') if t else None)} | {f(t[-1].get('kl') if t else None)} | "
+                       f"{f(v[-1].get('consistency_kl') if v else None)} |")
+        out.append("")
+
+    # Significance.
+    for p in sorted(glob.glob(os.path.join(a.state, "scores", "paired.*.txt"))):
+        # sacreBLEU's tables only (bootstrap, then approximate randomisation); its help text is left out.
+        text = open(p, encoding="utf-8").read()
+        tables = "\n".join(l for l in text.splitlines() if l[:1] in "╒│╞├╘")
+        _, base, other, test = os.path.basename(p)[:-4].split(".")
+        out.append(f"Paired tests, {other} against {base} on {test} (bootstrap 1000 resamples, then "
+                   f"approximate randomisation 10000 trials; p marked * below 0.05):\n\n```\n{tables}\n```\n")
+
+    # Cross-check with sacreBLEU.
+    if crosscheck:
+        worst = max(abs((o or 0) - s) for _, _, _, o, s in crosscheck)
+        out.append(f"`rdrop bleu` vs sacreBLEU {sacrebleu.__version__} on all {len(crosscheck)} outputs: "
+                   f"largest difference {worst:.4f} BLEU.\n")
+
+    main_sys = {n: r for n, r in systems_curves.items() if not n.startswith("sweep-a")}
+    for xkey, tag in [("update", "updates"), ("wall_s", "wall")]:
+        for group, sy in [("main", main_sys), ("sweep", {n: r for n, r in systems_curves.items()
+                                                         if n.startswith("sweep-a") or n == "baseline"})]:
+            if sy:
+                path = os.path.join(a.state, f"curves-{group}-{tag}.png")
+                plot(sy, xkey, path, f"Multi30k de→en ({group}), against {tag}")
+                out.append(f"![{group} curves against {tag}](curves-{group}-{tag}.png)\n")
+    with open(os.path.join(a.state, "report.md"), "w") as f:
+        f.write("\n".join(out) + "\n")
+    print("\n".join(out))
 
 
 if __name__ == "__main__":
