@@ -50,6 +50,8 @@ enum Command {
     Average(cmd::average::Args),
     /// Load a model (hub id, HF directory, pytorch_model.bin) and save it as config.json + model.safetensors.
     Convert(cmd::convert::Args),
+    /// Plot the training curves of one or more runs into a PNG (CE, KL, lr, validation loss, BLEU, chrF).
+    Plot(cmd::plot::Args),
 }
 
 fn main() {
@@ -61,6 +63,7 @@ fn main() {
         Command::Bleu(a) => cmd::bleu::run(*a),
         Command::Average(a) => cmd::average::run(a),
         Command::Convert(a) => cmd::convert::run(a),
+        Command::Plot(a) => cmd::plot::run(a),
     };
     if let Err(err) = result {
         // A closed pipe (`rdrop translate | head`) is the reader's choice, not a failure.

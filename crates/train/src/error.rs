@@ -66,6 +66,9 @@ pub enum Error {
         update: u64,
         checkpoint: PathBuf,
     },
+    /// A plot could not be drawn or written.
+    #[error("plot {}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
     /// Anything else with a message.
     #[error("{0}")]
     Other(String),

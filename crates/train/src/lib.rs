@@ -24,6 +24,7 @@ pub mod error;
 pub mod init;
 pub mod optim;
 pub mod output;
+pub mod plot;
 pub mod recipe;
 pub mod resume;
 pub mod runlog;

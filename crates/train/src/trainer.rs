@@ -965,6 +965,15 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
                 "consistency_kl": v.consistency_kl, "sentences": v.sentences,
                 "tokens_seen": state.tokens_seen, "wall_s": wall(),
             }));
+            // The run's own curves, redrawn at every validation; a failure to draw is not a
+            // reason to stop training.
+            if let Err(e) = crate::plot::plot_paths(
+                std::slice::from_ref(out),
+                crate::plot::XAxis::Updates,
+                &out.join("curves.png"),
+            ) {
+                log_line(&pb, format!("warning: {e}"));
+            }
             if improved {
                 state.wall_seconds = wall();
                 state.dropout_rng = serde_json::to_value(dropout.state())
