@@ -59,6 +59,9 @@ impl Run {
     }
 }
 
+/// One run's curve in one panel: its index (colour), name (legend) and points.
+type Series<'a> = (usize, &'a str, Vec<(f64, f64)>);
+
 /// The panels: (record kind, field, title).
 const PANELS: [(&str, &str, &str); 8] = [
     ("train", "ce", "train CE per token (per copy)"),
@@ -138,7 +141,7 @@ pub fn plot(runs: &[Run], x: XAxis, out: &Path, size: (u32, u32)) -> Result<()> 
         XAxis::Wall => "hours of training",
     };
     for (area, (kind, field, title)) in root.split_evenly((2, 4)).iter().zip(PANELS) {
-        let series: Vec<(usize, &str, Vec<(f64, f64)>)> = runs
+        let series: Vec<Series> = runs
             .iter()
             .enumerate()
             .map(|(i, r)| (i, r.name.as_str(), points(r, kind, field, x)))
