@@ -33,8 +33,8 @@ pub struct TrainerState {
     pub next_batch: usize,
     /// The data shuffler's seed (the epoch plan is a function of seed and epoch).
     pub shuffle_seed: u64,
-    /// State of the dropout generator (serialised by the model crate).
-    pub dropout_rng: serde_json::Value,
+    /// Where the dropout generator stands (absent only before the first save).
+    pub dropout_rng: Option<rdrop_seq2seq::dropout::RngState>,
     /// Validation BLEU of the best checkpoint so far (by `validation.best_by`) and its update.
     pub best_bleu: Option<f64>,
     pub best_update: Option<u64>,

@@ -39,6 +39,35 @@ pub struct RunOptions {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
 }
 
+/// Saves the run into `dest`, with the dropout stream's position and the wall time so far.
+fn save_state(
+    s: &Session,
+    opt: &AdamW,
+    state: &mut TrainerState,
+    dropout: &DropoutRng,
+    wall: f64,
+    dest: &Path,
+) -> Result<()> {
+    state.wall_seconds = wall;
+    state.dropout_rng = Some(dropout.state());
+    save_checkpoint(s, opt, state, dest)
+}
+
+/// The periodic checkpoint after the current update (older ones pruned); returns its directory.
+fn save_periodic(
+    s: &Session,
+    opt: &AdamW,
+    state: &mut TrainerState,
+    dropout: &DropoutRng,
+    wall: f64,
+) -> Result<PathBuf> {
+    let ck_dir = s.recipe.output_dir.join("checkpoints");
+    let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
+    save_state(s, opt, state, dropout, wall, &dest)?;
+    checkpoint::prune(&ck_dir, s.recipe.checkpoint.keep_last)?;
+    Ok(dest)
+}
+
 /// `H:MM:SS` for a duration in seconds.
 fn hms(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
@@ -672,12 +701,12 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             });
         }
         opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-        dropout = DropoutRng::from_state(
-            serde_json::from_value(state.dropout_rng.clone()).map_err(|e| Error::Checkpoint {
-                path: dir.clone(),
-                message: format!("dropout_rng: {e}"),
-            })?,
-        );
+        dropout = DropoutRng::from_state(state.dropout_rng.clone().ok_or_else(|| {
+            Error::Checkpoint {
+                path: dir.join(checkpoint::STATE_FILE),
+                message: "dropout_rng is missing: the dropout stream cannot resume".into(),
+            }
+        })?);
         say(&format!(
             "resuming from {} (update {}, epoch {})",
             dir.display(),
@@ -723,8 +752,9 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
 
     let pad = s.tokenizer.pad_id();
     let start = s.cfg.decoder_start_token_id;
+    let shuffle_seed = state.shuffle_seed;
     let plan_for = |epoch: u64| {
-        data::epoch_batches(&train_ex, r.batching.max_tokens, state.shuffle_seed, epoch)
+        data::epoch_batches(&train_ex, r.batching.max_tokens, shuffle_seed, epoch)
     };
     let mut plan = plan_for(state.epoch);
     let total = if r.training.max_updates > 0 {
@@ -975,10 +1005,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
                 log_line(&pb, format!("warning: {e}"));
             }
             if improved {
-                state.wall_seconds = wall();
-                state.dropout_rng = serde_json::to_value(dropout.state())
-                    .map_err(|e| Error::Other(e.to_string()))?;
-                save_checkpoint(&s, &opt, &state, &out.join("best"))?;
+                save_state(&s, &opt, &mut state, &dropout, wall(), &out.join("best"))?;
             }
             last_valid = Some(v);
             if r.validation.patience > 0 && state.bad_validations >= r.validation.patience {
@@ -1002,13 +1029,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             || stopped_early;
         if want_save && saved_at != state.update {
             saved_at = state.update;
-            state.wall_seconds = wall();
-            state.dropout_rng =
-                serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
-            let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
-            save_checkpoint(&s, &opt, &state, &dest)?;
-            checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
-            last_dir = dest;
+            last_dir = save_periodic(&s, &opt, &mut state, &dropout, wall())?;
         }
         if stopped_early {
             break;
@@ -1019,13 +1040,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             .map_or(0, |f| f.load(std::sync::atomic::Ordering::SeqCst));
         if signal != 0 {
             if saved_at != state.update {
-                state.wall_seconds = wall();
-                state.dropout_rng = serde_json::to_value(dropout.state())
-                    .map_err(|e| Error::Other(e.to_string()))?;
-                let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
-                save_checkpoint(&s, &opt, &state, &dest)?;
-                checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
-                last_dir = dest;
+                last_dir = save_periodic(&s, &opt, &mut state, &dropout, wall())?;
             }
             pb.finish_and_clear();
             return Err(Error::Interrupted {
@@ -1037,13 +1052,7 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
     }
     // Epoch limits can end the loop between updates: make sure the final state is on disk.
     if saved_at != state.update || last_dir.as_os_str().is_empty() {
-        state.wall_seconds = wall();
-        state.dropout_rng =
-            serde_json::to_value(dropout.state()).map_err(|e| Error::Other(e.to_string()))?;
-        let dest = ck_dir.join(checkpoint::update_dir_name(state.update));
-        save_checkpoint(&s, &opt, &state, &dest)?;
-        checkpoint::prune(&ck_dir, r.checkpoint.keep_last)?;
-        last_dir = dest;
+        last_dir = save_periodic(&s, &opt, &mut state, &dropout, wall())?;
     }
     pb.finish_and_clear();
     let best_dir = checkpoint::complete_dir(&out.join("best")).unwrap_or_else(|| last_dir.clone());
