@@ -701,12 +701,11 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             });
         }
         opt.load(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-        dropout = DropoutRng::from_state(state.dropout_rng.clone().ok_or_else(|| {
-            Error::Checkpoint {
+        dropout =
+            DropoutRng::from_state(state.dropout_rng.clone().ok_or_else(|| Error::Checkpoint {
                 path: dir.join(checkpoint::STATE_FILE),
                 message: "dropout_rng is missing: the dropout stream cannot resume".into(),
-            }
-        })?);
+            })?);
         say(&format!(
             "resuming from {} (update {}, epoch {})",
             dir.display(),
@@ -753,9 +752,8 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
     let pad = s.tokenizer.pad_id();
     let start = s.cfg.decoder_start_token_id;
     let shuffle_seed = state.shuffle_seed;
-    let plan_for = |epoch: u64| {
-        data::epoch_batches(&train_ex, r.batching.max_tokens, shuffle_seed, epoch)
-    };
+    let plan_for =
+        |epoch: u64| data::epoch_batches(&train_ex, r.batching.max_tokens, shuffle_seed, epoch);
     let mut plan = plan_for(state.epoch);
     let total = if r.training.max_updates > 0 {
         r.training.max_updates
@@ -931,10 +929,10 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
             let eta = run_start.elapsed().as_secs_f64() / done_here as f64
                 * total.saturating_sub(state.update) as f64;
             log_line(&pb, format!(
-                "update {:>6} epoch {:>3} | loss {:.4} ce {:.4}{} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s | eta {}",
+                "update {:>6} epoch {:>3} | loss {:.4} ce {:.4}{} | lr {:.3e} | gnorm {:.3} | {:.0} tok/s | eta {} to update {}",
                 state.update, state.epoch + 1, win_loss / wn, win_ce / wn,
                 if r.criterion.kind == CriterionKind::Rdrop { format!(" kl {:.4}", win_kl / wn) } else { String::new() },
-                lr, gnorm, wn / secs.max(1e-9), hms(eta)
+                lr, gnorm, wn / secs.max(1e-9), hms(eta), total
             ));
             runlog.borrow_mut().record(&rec);
             (win_loss, win_ce, win_kl, win_nll, win_tok, win_n) = (0.0, 0.0, 0.0, 0.0, 0, 0);
