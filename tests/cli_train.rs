@@ -70,6 +70,49 @@ fn misaligned_and_invalid_utf8_corpora_are_named() {
     assert!(err.contains("data/bad.de:2: invalid UTF-8"), "{err}");
 }
 
+/// A blank line in a TSV or JSONL corpus (typically a trailing one) is an empty pair, skipped and
+/// counted as in text corpora, not an error.
+#[test]
+fn blank_lines_are_counted_skips_in_every_format() {
+    let sb = Sandbox::new();
+    tiny_run(&sb, "");
+    let de = std::fs::read_to_string(sb.path().join("data/train.de")).unwrap();
+    let en = std::fs::read_to_string(sb.path().join("data/train.en")).unwrap();
+    let tsv: String = de
+        .lines()
+        .zip(en.lines())
+        .map(|(a, b)| format!("{a}\t{b}\n"))
+        .collect();
+    sb.write("data/train.tsv", format!("{tsv}\n"));
+    let jsonl: String = de
+        .lines()
+        .zip(en.lines())
+        .map(|(a, b)| format!("{}\n", serde_json::json!({"de": a, "en": b})))
+        .collect();
+    sb.write("data/train.jsonl", format!("{jsonl}\n"));
+    for (format, file) in [("tsv", "data/train.tsv"), ("jsonl", "data/train.jsonl")] {
+        // One format for both splits: validate on the training file itself.
+        let out = sb
+            .rdrop()
+            .args([
+                "train",
+                "tiny.toml",
+                "--set",
+                &format!("data.format={format}"),
+            ])
+            .args(["--set", &format!("data.train={{ file = \"{file}\" }}")])
+            .args(["--set", &format!("output_dir=\"run-{format}\"")])
+            .args(["--set", &format!("data.valid={{ file = \"{file}\" }}")])
+            .output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{format}: {stderr}");
+        assert!(
+            stderr.contains("121 pairs read, 120 kept; skipped: 1 empty"),
+            "{format}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn killed_save_keeps_the_previous_checkpoint_resume_and_average() {
     let sb = Sandbox::new();

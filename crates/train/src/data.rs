@@ -135,6 +135,11 @@ pub fn read_split(
             let (sc, tc) = (data.source_column, data.target_column);
             let mut out = Vec::new();
             for (i, line) in read_lines(&path)?.into_iter().enumerate() {
+                // A blank line (often the last one) is an empty pair, counted, as in text and JSONL.
+                if line.trim().is_empty() {
+                    out.push((String::new(), String::new(), i + 1));
+                    continue;
+                }
                 let cols: Vec<&str> = line.split('\t').collect();
                 let get = |c: usize| {
                     cols.get(c)
