@@ -146,6 +146,173 @@ fn file_input_with_empty_lines_and_small_batches_keeps_order() {
     assert_eq!(lines_of(&out), expected);
 }
 
+/// The counts of `RDROP_PROGRESS=plain` lines (`progress: 16/40 sentences, ...`): (done, total).
+fn progress_counts(stderr: &str) -> Vec<(u64, Option<u64>)> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("progress: "))
+        .map(|rest| {
+            let count = rest.split(' ').next().unwrap();
+            match count.split_once('/') {
+                Some((done, total)) => (done.parse().unwrap(), Some(total.parse().unwrap())),
+                None => (count.parse().unwrap(), None),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn progress_advances_per_batch_on_a_small_file() {
+    let r = cli_ref();
+    let sb = Sandbox::new();
+    let lines = strings(&r["lines"]);
+    // 40 lines, two of them empty, far below the 20,000-line chunk: one chunk of 5 batches of 8,
+    // so the old per-chunk bar advanced once, at the end.
+    let mut input: Vec<String> = (0..40).map(|i| lines[i % lines.len()].clone()).collect();
+    input[5] = String::new();
+    input[17] = String::new();
+    let inp = sb.write("in.txt", input.join("\n") + "\n");
+    let run = |quiet: bool| {
+        let mut cmd = sb
+            .rdrop()
+            .env("RDROP_PROGRESS", "plain")
+            .args(["translate", "--model", &opus(), "--beam", "1"])
+            .args([
+                "--max-new-tokens",
+                "4",
+                "--batch-size",
+                "8",
+                "--threads",
+                "2",
+            ])
+            .args(["--input", inp.to_str().unwrap()]);
+        if quiet {
+            cmd = cmd.args(["--quiet"]);
+        }
+        let out = cmd.output();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (stdout, stderr) = run(false);
+    let counts = progress_counts(&stderr);
+    assert!(counts.len() >= 3, "{stderr}");
+    assert!(counts.iter().all(|&(_, t)| t == Some(40)), "{stderr}");
+    let done: Vec<u64> = counts.iter().map(|c| c.0).collect();
+    assert!(done.windows(2).all(|w| w[0] < w[1]), "{stderr}");
+    assert_eq!(done.last(), Some(&40), "{stderr}");
+    assert!(
+        stderr.contains("sent/s") && stderr.contains("tok/s"),
+        "{stderr}"
+    );
+    assert_eq!(stdout.lines().count(), 40);
+    // --quiet silences it; the translations do not depend on it.
+    let (quiet_out, quiet_err) = run(true);
+    assert!(progress_counts(&quiet_err).is_empty(), "{quiet_err}");
+    assert_eq!(quiet_out, stdout);
+
+    // Standard input has no known total: a running count.
+    let out = sb
+        .rdrop()
+        .env("RDROP_PROGRESS", "plain")
+        .args(["translate", "--model", &opus(), "--beam", "1"])
+        .args(["--max-new-tokens", "4", "--batch-size", "8"])
+        .stdin(input.join("\n") + "\n")
+        .output();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let counts = progress_counts(&stderr);
+    assert!(counts.iter().all(|&(_, t)| t.is_none()), "{stderr}");
+    assert!(counts.len() >= 3, "{stderr}");
+    assert_eq!(counts.last().map(|c| c.0), Some(40), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+}
+
+#[test]
+fn help_groups_options_under_headings_with_defaults() {
+    let sb = Sandbox::new();
+    let help = sb.rdrop().args(["translate", "--help"]).ok();
+    let mut at = 0;
+    // Each heading in this order, each followed by one of its options before the next heading.
+    for (heading, option) in [
+        ("Input/output:", "--input"),
+        ("Search:", "--beam"),
+        ("Length:", "--max-new-tokens"),
+        ("Batching:", "--batch-size"),
+        ("Device:", "--threads"),
+    ] {
+        let h = help[at..]
+            .find(&format!("\n{heading}\n"))
+            .unwrap_or_else(|| panic!("no {heading} after byte {at}:\n{help}"))
+            + at;
+        let o = help[h..].find(option).unwrap() + h;
+        assert!(!help[h + heading.len() + 1..o].contains(":\n"), "{help}");
+        at = o;
+    }
+    // Options whose default comes from the model say so; the others show clap's default.
+    for want in [
+        "generation_config.json (1 if it has none), else 4]",
+        "[default: 4096]",
+        "[default: 128]",
+        "[default: cpu]",
+        "[default: one per core]",
+        "[default: standard input]",
+    ] {
+        assert!(help.contains(want), "{want}:\n{help}");
+    }
+    let help = sb.rdrop().args(["score", "--help"]).ok();
+    for want in ["Input/output:", "Batching:", "Device:", "--quiet"] {
+        assert!(help.contains(want), "{want}:\n{help}");
+    }
+}
+
+#[test]
+fn score_progress_advances_per_batch() {
+    let r = cli_ref();
+    let sb = Sandbox::new();
+    let pairs = r["models"]["opus"]["score"].as_array().unwrap();
+    let src = sb.write("src.txt", strings(&r["lines"]).join("\n") + "\n");
+    let tgt = sb.write(
+        "tgt.txt",
+        pairs
+            .iter()
+            .map(|p| p["target"].as_str().unwrap())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    );
+    let score = |quiet: bool| {
+        let mut cmd = sb
+            .rdrop()
+            .env("RDROP_PROGRESS", "plain")
+            .args(["score", "--model", &opus(), "--batch-size", "2", "--source"])
+            .arg_path(&src)
+            .args(["--target"])
+            .arg_path(&tgt);
+        if quiet {
+            cmd = cmd.args(["-q"]);
+        }
+        let out = cmd.output();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let stderr = score(false);
+    let n = pairs.len() as u64;
+    let counts = progress_counts(&stderr);
+    assert!(counts.len() >= 3, "{stderr}");
+    assert!(counts.iter().all(|&(_, t)| t == Some(n)), "{stderr}");
+    assert!(counts.windows(2).all(|w| w[0].0 < w[1].0), "{stderr}");
+    assert_eq!(counts.last().map(|c| c.0), Some(n), "{stderr}");
+    assert!(stderr.contains("pairs/s"), "{stderr}");
+    assert!(progress_counts(&score(true)).is_empty());
+}
+
 #[test]
 fn token_ids_mode_matches_generate_references() {
     let p = fixtures().join("decode/early-eos.json");

@@ -27,108 +27,163 @@ pub struct Args {
     #[arg(value_name = "REF", required = true)]
     pub refs: Vec<PathBuf>,
     /// Hypothesis files, one per system; without it, standard input (tab-separated systems).
-    #[arg(short = 'i', long = "input", value_name = "HYP", num_args = 0..)]
+    #[arg(short = 'i', long = "input", value_name = "HYP", num_args = 0.., help_heading = "Input")]
     pub input: Option<Vec<PathBuf>>,
     /// Split each reference line on tabs into this many references (one reference file only).
-    #[arg(long = "num-refs", default_value_t = 1, value_name = "N")]
+    #[arg(
+        long = "num-refs",
+        default_value_t = 1,
+        value_name = "N",
+        help_heading = "Input"
+    )]
     pub num_refs: usize,
     /// Input encoding; only UTF-8 is supported.
-    #[arg(short = 'e', long = "encoding", default_value = "utf-8")]
+    #[arg(
+        short = 'e',
+        long = "encoding",
+        default_value = "utf-8",
+        help_heading = "Input"
+    )]
     pub encoding: String,
     /// Metrics to compute.
     #[arg(short = 'm', long = "metrics", num_args = 1.., default_values_t = vec!["bleu".to_string()],
-          value_parser = ["bleu", "chrf"])]
+          value_parser = ["bleu", "chrf"], help_heading = "Metrics")]
     pub metrics: Vec<String>,
     /// One score per line (a single metric and system).
-    #[arg(long = "sentence-level")]
+    #[arg(long = "sentence-level", help_heading = "Metrics")]
     pub sentence_level: bool,
 
     /// BLEU smoothing: exp, floor, add-k or none.
     #[arg(short = 's', long = "smooth-method", default_value = "exp",
-          value_parser = ["exp", "floor", "add-k", "none"])]
+          value_parser = ["exp", "floor", "add-k", "none"], help_heading = "BLEU")]
     pub smooth_method: String,
     /// Smoothing value for floor (default 0.1) and add-k (default 1).
-    #[arg(long = "smooth-value", value_name = "V")]
+    #[arg(long = "smooth-value", value_name = "V", help_heading = "BLEU")]
     pub smooth_value: Option<f64>,
     /// BLEU tokenizer.
-    #[arg(long = "tokenize", default_value = "13a", value_parser = ["13a", "intl", "char", "zh", "none"])]
+    #[arg(long = "tokenize", default_value = "13a", value_parser = ["13a", "intl", "char", "zh", "none"], help_heading = "BLEU")]
     pub tokenize: String,
     /// Case-insensitive BLEU.
-    #[arg(long = "lowercase")]
+    #[arg(long = "lowercase", help_heading = "BLEU")]
     pub lowercase: bool,
     /// Accepted for compatibility: silences the tokenized-input warning.
-    #[arg(long = "force")]
+    #[arg(long = "force", help_heading = "BLEU")]
     pub force: bool,
     /// Highest BLEU n-gram order (an rdrop addition; sacreBLEU's signature does not record it).
-    #[arg(long = "max-ngram-order", default_value_t = 4, value_name = "N")]
+    #[arg(
+        long = "max-ngram-order",
+        default_value_t = 4,
+        value_name = "N",
+        help_heading = "BLEU"
+    )]
     pub max_ngram_order: usize,
 
     /// chrF character n-gram order.
-    #[arg(long = "chrf-char-order", default_value_t = 6, value_name = "N")]
+    #[arg(
+        long = "chrf-char-order",
+        default_value_t = 6,
+        value_name = "N",
+        help_heading = "chrF"
+    )]
     pub chrf_char_order: usize,
     /// chrF word n-gram order (2 gives chrF++).
-    #[arg(long = "chrf-word-order", default_value_t = 0, value_name = "N")]
+    #[arg(
+        long = "chrf-word-order",
+        default_value_t = 0,
+        value_name = "N",
+        help_heading = "chrF"
+    )]
     pub chrf_word_order: usize,
     /// chrF recall weight.
-    #[arg(long = "chrf-beta", default_value_t = 2, value_name = "B")]
+    #[arg(
+        long = "chrf-beta",
+        default_value_t = 2,
+        value_name = "B",
+        help_heading = "chrF"
+    )]
     pub chrf_beta: u32,
     /// Keep whitespace in chrF character n-grams.
-    #[arg(long = "chrf-whitespace")]
+    #[arg(long = "chrf-whitespace", help_heading = "chrF")]
     pub chrf_whitespace: bool,
     /// Case-insensitive chrF.
-    #[arg(long = "chrf-lowercase")]
+    #[arg(long = "chrf-lowercase", help_heading = "chrF")]
     pub chrf_lowercase: bool,
     /// chrF++.py-style epsilon smoothing.
-    #[arg(long = "chrf-eps-smoothing")]
+    #[arg(long = "chrf-eps-smoothing", help_heading = "chrF")]
     pub chrf_eps_smoothing: bool,
 
     /// Bootstrap confidence interval for a single system.
-    #[arg(long = "confidence")]
+    #[arg(long = "confidence", help_heading = "Significance")]
     pub confidence: bool,
     /// Bootstrap resamples for --confidence.
-    #[arg(long = "confidence-n", default_value_t = 1000, value_name = "N")]
+    #[arg(
+        long = "confidence-n",
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Significance"
+    )]
     pub confidence_n: usize,
     /// Paired approximate randomization test against the first system.
-    #[arg(long = "paired-ar", conflicts_with = "paired_bs")]
+    #[arg(
+        long = "paired-ar",
+        conflicts_with = "paired_bs",
+        help_heading = "Significance"
+    )]
     pub paired_ar: bool,
     /// Paired bootstrap resampling test against the first system.
-    #[arg(long = "paired-bs")]
+    #[arg(long = "paired-bs", help_heading = "Significance")]
     pub paired_bs: bool,
     /// Approximate randomization trials.
-    #[arg(long = "paired-ar-n", default_value_t = 10000, value_name = "N")]
+    #[arg(
+        long = "paired-ar-n",
+        default_value_t = 10000,
+        value_name = "N",
+        help_heading = "Significance"
+    )]
     pub paired_ar_n: usize,
     /// Bootstrap resamples for --paired-bs.
-    #[arg(long = "paired-bs-n", default_value_t = 1000, value_name = "N")]
+    #[arg(
+        long = "paired-bs-n",
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Significance"
+    )]
     pub paired_bs_n: usize,
     /// Accepted for compatibility; tests run in parallel threads regardless.
     #[arg(
         short = 'j',
         long = "paired-jobs",
         default_value_t = 1,
-        value_name = "N"
+        value_name = "N",
+        help_heading = "Significance"
     )]
     pub paired_jobs: usize,
     /// Resampling seed (default: $SACREBLEU_SEED, else 12345; `none` draws one).
-    #[arg(long = "seed", value_name = "SEED")]
+    #[arg(long = "seed", value_name = "SEED", help_heading = "Significance")]
     pub seed: Option<String>,
 
     /// Accepted for compatibility (rdrop prints no progress messages).
-    #[arg(short = 'q', long = "quiet")]
+    #[arg(short = 'q', long = "quiet", help_heading = "Output")]
     pub quiet: bool,
     /// Abbreviated signatures.
-    #[arg(long = "short")]
+    #[arg(long = "short", help_heading = "Output")]
     pub short: bool,
     /// Print only the score.
-    #[arg(short = 'b', long = "score-only")]
+    #[arg(short = 'b', long = "score-only", help_heading = "Output")]
     pub score_only: bool,
     /// Decimal places.
-    #[arg(short = 'w', long = "width", default_value_t = 1)]
+    #[arg(
+        short = 'w',
+        long = "width",
+        default_value_t = 1,
+        help_heading = "Output"
+    )]
     pub width: usize,
     /// Accepted for compatibility (output is never coloured).
-    #[arg(long = "no-color")]
+    #[arg(long = "no-color", help_heading = "Output")]
     pub no_color: bool,
     /// Output format (overridden by $SACREBLEU_FORMAT when that is text or json).
-    #[arg(short = 'f', long = "format", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(short = 'f', long = "format", default_value = "text", value_parser = ["text", "json"], help_heading = "Output")]
     pub format: String,
 }
 

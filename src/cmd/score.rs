@@ -12,36 +12,41 @@ use anyhow::{bail, Context};
 use rdrop_seq2seq::generate;
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
 
+use super::translate::{Progress, Shown};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Model: hub id (from the local hub cache), Hugging Face directory or rdrop checkpoint directory.
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Input/output")]
     pub model: String,
     /// Source sentences, one per line.
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Input/output")]
     pub source: PathBuf,
     /// Target sentences, one per line, paired with the source lines.
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Input/output")]
     pub target: PathBuf,
     /// Also print every target token's log-probability (after a tab, space-separated).
-    #[arg(long)]
+    #[arg(long, help_heading = "Input/output")]
     pub per_token: bool,
-    /// Write scores to this file instead of standard output.
-    #[arg(long, short)]
+    /// Write scores to this file [default: standard output]
+    #[arg(long, short, help_heading = "Input/output")]
     pub output: Option<PathBuf>,
-    /// Batch size in source + target tokens.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_tokens: usize,
-    /// At most this many pairs per batch.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// Source and target lines are space-separated token ids instead of text (`</s>` appended when
     /// missing).
-    #[arg(long)]
+    #[arg(long, help_heading = "Input/output")]
     pub token_ids: bool,
+    /// No progress bar.
+    #[arg(long, short, help_heading = "Input/output")]
+    pub quiet: bool,
+    /// Batch size in source + target tokens.
+    #[arg(long, default_value_t = 4096, help_heading = "Batching")]
+    pub batch_tokens: usize,
+    /// At most this many pairs per batch.
+    #[arg(long, default_value_t = 128, help_heading = "Batching")]
+    pub batch_size: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", help_heading = "Device")]
+    pub device: String,
 }
 
 fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
@@ -170,14 +175,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(s, t)| s.len().max(t.len()) * 2)
         .collect();
     let mut scores: Vec<Vec<f32>> = vec![Vec::new(); srcs.len()];
+    let progress = Progress::new(
+        Shown::from_env(args.quiet),
+        Some(srcs.len() as u64),
+        "pairs",
+        "pairs/s",
+    );
     for batch in generate::batches_by_tokens(&lens, args.batch_tokens, args.batch_size) {
         let bs: Vec<Vec<u32>> = batch.iter().map(|&i| srcs[i].clone()).collect();
         let bt: Vec<Vec<u32>> = batch.iter().map(|&i| tgts[i].clone()).collect();
         let lp = generate::score(&model, &bs, &bt)?;
+        progress.add(batch.len(), bt.iter().map(Vec::len).sum());
         for (&i, l) in batch.iter().zip(lp) {
             scores[i] = l;
         }
     }
+    progress.finish();
 
     let mut out: Box<dyn Write> = match &args.output {
         Some(p) => {

@@ -13,23 +13,23 @@ pub struct Args {
     /// Recipe file (TOML). Without one, runs the embedded default (toy de→en, ~5 minutes on 2 cores).
     pub recipe: Option<PathBuf>,
     /// Override a recipe value, e.g. `--set criterion.alpha=0.7` (value parsed as TOML; repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(long = "set", value_name = "KEY=VALUE", help_heading = "Recipe")]
     pub set: Vec<String>,
     /// Continue from the newest intact checkpoint in the recipe's output_dir (damaged newer ones
     /// are passed over with a warning).
-    #[arg(long)]
+    #[arg(long, help_heading = "Resume")]
     pub resume: bool,
     /// Continue from this checkpoint directory (e.g. runs/x/checkpoints/update_00004000).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Resume")]
     pub resume_from: Option<PathBuf>,
     /// Device: cpu, cuda or cuda:N (overrides the recipe's `device`).
-    #[arg(long)]
+    #[arg(long, help_heading = "Recipe")]
     pub device: Option<String>,
     /// Print the resolved recipe (defaults filled in) and exit.
-    #[arg(long)]
+    #[arg(long, help_heading = "Recipe")]
     pub print_recipe: bool,
     /// Only errors and the final result.
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Output")]
     pub quiet: bool,
 }
 

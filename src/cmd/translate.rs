@@ -7,9 +7,10 @@
 //! line (`nbest` lines with `--nbest N`).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rdrop_seq2seq::generate::{self, GenerateConfig, Hypothesis};
@@ -21,67 +22,72 @@ const CHUNK_LINES: usize = 20_000;
 #[derive(clap::Args)]
 pub struct Args {
     /// Model: hub id (from the local hub cache), Hugging Face directory or rdrop checkpoint directory.
-    #[arg(long, short)]
+    #[arg(long, short, help_heading = "Input/output")]
     pub model: String,
-    /// Read sentences from this file (one per line) instead of standard input; shows a progress bar.
-    #[arg(long, short)]
+    /// Read sentences from this file (one per line); shows a progress bar on a terminal
+    /// [default: standard input]
+    #[arg(long, short, help_heading = "Input/output")]
     pub input: Option<PathBuf>,
-    /// Write translations to this file instead of standard output.
-    #[arg(long, short)]
+    /// Write translations to this file [default: standard output]
+    #[arg(long, short, help_heading = "Input/output")]
     pub output: Option<PathBuf>,
-    /// Beam size; 1 = greedy search. Default: `num_beams` of the model's generation_config.json, else 4.
-    #[arg(long)]
-    pub beam: Option<usize>,
-    /// Length penalty: hypotheses are ranked by sum(log p) / length^lenpen.
-    /// Default: the model's generation_config.json, else 1.0.
-    #[arg(long)]
-    pub lenpen: Option<f32>,
-    /// Write the N best hypotheses per sentence as `index ||| translation ||| score` (index from 0).
-    #[arg(long, default_value_t = 1)]
-    pub nbest: usize,
-    /// Length limit in new tokens = floor(a * source tokens + b) (with --max-len-b).
-    #[arg(long)]
-    pub max_len_a: Option<f32>,
-    /// See --max-len-a.
-    #[arg(long)]
-    pub max_len_b: Option<usize>,
-    /// One length limit for every sentence, in new tokens including `</s>` (transformers' max_new_tokens).
-    /// Default: max_length - 1 of the model's generation_config.json, else 2 * source tokens + 10.
-    #[arg(long, conflicts_with_all = ["max_len_a", "max_len_b"])]
-    pub max_new_tokens: Option<usize>,
-    /// Forbid `</s>` before this many tokens (transformers' min_new_tokens).
-    #[arg(long)]
-    pub min_new_tokens: Option<usize>,
-    /// Forbid repeating any n-gram of this size (transformers' no_repeat_ngram_size; 0 = off).
-    #[arg(long)]
-    pub no_repeat_ngram: Option<usize>,
-    /// Batch size in source tokens (padded: sentences × longest).
-    #[arg(long, default_value_t = 4096)]
-    pub batch_tokens: usize,
-    /// At most this many sentences per batch.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// `cpu`, `cuda` or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// CPU threads; default: one per core. Batches are decoded this many at a time, one thread
-    /// each, as marian-decoder's --cpu-threads does: decoding's matrices are too small to split
-    /// well across threads.
-    #[arg(long)]
-    pub threads: Option<usize>,
     /// Input and output lines are space-separated token ids instead of text (no tokenizer needed;
     /// `</s>` is appended to sources that lack it, output ids include the final `</s>`).
-    #[arg(long)]
+    #[arg(long, help_heading = "Input/output")]
     pub token_ids: bool,
-    /// No progress bar.
-    #[arg(long, short)]
+    /// No progress bar or sentence count.
+    #[arg(long, short, help_heading = "Input/output")]
     pub quiet: bool,
+    /// Beam size; 1 = greedy search [default: `num_beams` of the model's generation_config.json
+    /// (1 if it has none), else 4]
+    #[arg(long, help_heading = "Search")]
+    pub beam: Option<usize>,
+    /// Length penalty: hypotheses are ranked by sum(log p) / length^lenpen [default: the model's
+    /// generation_config.json, else 1.0]
+    #[arg(long, help_heading = "Search")]
+    pub lenpen: Option<f32>,
+    /// Write the N best hypotheses per sentence as `index ||| translation ||| score` (index from 0).
+    #[arg(long, default_value_t = 1, help_heading = "Search")]
+    pub nbest: usize,
+    /// Forbid repeating any n-gram of this size (transformers' no_repeat_ngram_size; 0 = off)
+    /// [default: the model's generation_config.json, else 0]
+    #[arg(long, help_heading = "Search")]
+    pub no_repeat_ngram: Option<usize>,
+    /// One length limit for every sentence, in new tokens including `</s>` (transformers'
+    /// max_new_tokens) [default: max_length - 1 of the model's generation_config.json, else
+    /// 2 * source tokens + 10]
+    #[arg(long, conflicts_with_all = ["max_len_a", "max_len_b"], help_heading = "Length")]
+    pub max_new_tokens: Option<usize>,
+    /// Length limit in new tokens = floor(a * source tokens + b), with --max-len-b; replaces the
+    /// --max-new-tokens default [default: 0 when only --max-len-b is given]
+    #[arg(long, help_heading = "Length")]
+    pub max_len_a: Option<f32>,
+    /// See --max-len-a [default: 0 when only --max-len-a is given]
+    #[arg(long, help_heading = "Length")]
+    pub max_len_b: Option<usize>,
+    /// Forbid `</s>` before this many tokens (transformers' min_new_tokens) [default: the model's
+    /// generation_config.json, else 0]
+    #[arg(long, help_heading = "Length")]
+    pub min_new_tokens: Option<usize>,
+    /// Batch size in source tokens (padded: sentences × longest).
+    #[arg(long, default_value_t = 4096, help_heading = "Batching")]
+    pub batch_tokens: usize,
+    /// At most this many sentences per batch.
+    #[arg(long, default_value_t = 128, help_heading = "Batching")]
+    pub batch_size: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", help_heading = "Device")]
+    pub device: String,
+    /// CPU threads: batches are decoded this many at a time, one thread each, as marian-decoder's
+    /// --cpu-threads does (decoding's matrices are too small to split well across threads)
+    /// [default: one per core]
+    #[arg(long, help_heading = "Device")]
+    pub threads: Option<usize>,
 }
 
 /// One input line as read: its 1-based number and text, or why it is not text.
 struct Line {
     no: usize,
-    bytes: u64,
     text: std::result::Result<String, String>,
 }
 
@@ -100,7 +106,7 @@ fn spawn_reader(reader: Box<dyn Read + Send>, bound: usize) -> mpsc::Receiver<Ev
             buf.clear();
             match r.read_until(b'\n', &mut buf) {
                 Ok(0) => return,
-                Ok(n) => {
+                Ok(_) => {
                     no += 1;
                     let mut end = buf.len();
                     if buf[..end].ends_with(b"\n") {
@@ -116,14 +122,7 @@ fn spawn_reader(reader: Box<dyn Read + Send>, bound: usize) -> mpsc::Receiver<Ev
                             e.valid_up_to() + 1
                         )),
                     };
-                    if tx
-                        .send(Event::Line(Line {
-                            no,
-                            bytes: n as u64,
-                            text,
-                        }))
-                        .is_err()
-                    {
+                    if tx.send(Event::Line(Line { no, text })).is_err() {
                         return;
                     }
                 }
@@ -282,16 +281,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ))
     };
 
-    let (reader, file_len): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
+    let shown = Shown::from_env(args.quiet);
+    let (reader, progress): (Box<dyn Read + Send>, Progress) = match &args.input {
         Some(p) => {
             let f = File::open(p).with_context(|| format!("cannot open input {}", p.display()))?;
-            let len = f.metadata().map(|m| m.len()).ok();
-            (Box::new(f), len)
+            // Counted up front (a read of the file, from the page cache afterwards) so the bar can
+            // show sentences of a known total; a pipe or FIFO given as --input cannot be read
+            // twice and gets the running count instead.
+            let total = match shown {
+                Shown::Off => None,
+                _ if f.metadata().is_ok_and(|m| m.is_file()) => Some(
+                    count_lines(p).with_context(|| format!("cannot read input {}", p.display()))?,
+                ),
+                _ => None,
+            };
+            (
+                Box::new(f),
+                Progress::new(shown, total, "sentences", "sent/s"),
+            )
         }
-        None => (Box::new(io::stdin()), None),
+        None => {
+            // Someone typing sees each translation as it comes, and a redrawn count would land in
+            // the middle of their typing.
+            let shown = match shown {
+                Shown::Bar if io::stdin().is_terminal() => Shown::Off,
+                s => s,
+            };
+            (
+                Box::new(io::stdin()),
+                Progress::new(shown, None, "sentences", "sent/s"),
+            )
+        }
     };
     let streaming = args.input.is_none();
     let rx = spawn_reader(reader, CHUNK_LINES);
+    // Translations on the terminal the bar is drawn on are written with the bar lifted, or the
+    // two would tear each other's lines.
+    let out_is_tty = args.output.is_none() && io::stdout().is_terminal();
     let mut out: Box<dyn Write> = match &args.output {
         Some(p) => {
             Box::new(BufWriter::new(File::create(p).with_context(|| {
@@ -299,19 +325,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             })?))
         }
         None => Box::new(BufWriter::new(io::stdout().lock())),
-    };
-    let progress = match file_len {
-        Some(len) if !args.quiet => {
-            let pb = indicatif::ProgressBar::new(len);
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise} < {eta_precise}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            Some(pb)
-        }
-        _ => None,
     };
 
     let mut warned_long = false;
@@ -355,15 +368,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut ids = codec.encode(text, l.no)?;
             if ids.len() > max_pos {
                 if !warned_long {
-                    eprintln!(
-                        "warning: input line {} has {} source tokens, more than the model's {} \
-                         positions; it is truncated to its first {} tokens + </s> (and so is every \
-                         later over-long line, without further warnings)",
-                        l.no,
-                        ids.len(),
-                        max_pos,
-                        max_pos - 1
-                    );
+                    progress.suspend(|| {
+                        eprintln!(
+                            "warning: input line {} has {} source tokens, more than the model's {} \
+                             positions; it is truncated to its first {} tokens + </s> (and so is \
+                             every later over-long line, without further warnings)",
+                            l.no,
+                            ids.len(),
+                            max_pos,
+                            max_pos - 1
+                        )
+                    });
                     warned_long = true;
                 }
                 let eos = *ids.last().unwrap_or(&0);
@@ -372,6 +387,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             srcs.push(Some(ids));
         }
+        // Empty lines are never decoded; they count as done at once.
+        progress.add(srcs.iter().filter(|s| s.is_none()).count(), 0);
         let hyps = translate_chunk(
             &pool,
             &model,
@@ -379,16 +396,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &cfg,
             args.batch_tokens,
             args.batch_size,
+            &progress,
         )?;
-        for (l, h) in good.iter().zip(&hyps) {
-            write_hyps(&mut out, &codec, n_sent, h, args.nbest)?;
-            n_sent += 1;
-            if let Some(pb) = &progress {
-                pb.inc(l.bytes);
+        let write_chunk = |out: &mut dyn Write, n_sent: &mut usize| -> anyhow::Result<()> {
+            for h in &hyps {
+                write_hyps(out, &codec, *n_sent, h, args.nbest)?;
+                *n_sent += 1;
             }
-        }
-        if streaming {
-            out.flush()?;
+            if streaming || out_is_tty {
+                out.flush()?;
+            }
+            Ok(())
+        };
+        if out_is_tty {
+            progress.suspend(|| write_chunk(&mut out, &mut n_sent))?;
+        } else {
+            write_chunk(&mut out, &mut n_sent)?;
         }
         if let Some(i) = bad {
             out.flush()?;
@@ -402,10 +425,160 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     out.flush()?;
-    if let Some(pb) = progress {
-        pb.finish_with_message(format!("{n_sent} sentences"));
-    }
+    progress.finish();
     Ok(())
+}
+
+/// Lines in a file as the reader will see them: newlines, plus a last line without one.
+fn count_lines(path: &Path) -> io::Result<u64> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
+    Ok(lines + u64::from(last != b'\n'))
+}
+
+/// How progress is shown on standard error.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Shown {
+    Off,
+    /// An indicatif bar (or a spinner when the total is unknown).
+    Bar,
+    /// `progress: 64/300 sentences` lines, one per update, for logs and tests: a bar draws nothing
+    /// when standard error is not a terminal. Asked for with the undocumented
+    /// `RDROP_PROGRESS=plain`.
+    Plain,
+}
+
+impl Shown {
+    /// `--quiet` wins; then `RDROP_PROGRESS=plain`; else a bar only on a terminal.
+    pub(crate) fn from_env(quiet: bool) -> Shown {
+        if quiet {
+            Shown::Off
+        } else if std::env::var_os("RDROP_PROGRESS").is_some_and(|v| v == "plain") {
+            Shown::Plain
+        } else if io::stderr().is_terminal() {
+            Shown::Bar
+        } else {
+            Shown::Off
+        }
+    }
+}
+
+/// Sentences (or pairs) done out of a total, with items/s and tokens/s, advanced by whichever
+/// thread finishes a batch.
+pub(crate) struct Progress {
+    bar: indicatif::ProgressBar,
+    shown: Shown,
+    total: Option<u64>,
+    unit: &'static str,
+    per: &'static str,
+    /// Items and tokens done. Plain lines are printed under this lock so that batches finishing on
+    /// two threads at once still print their counts in increasing order.
+    done: Mutex<(u64, u64)>,
+    start: Instant,
+}
+
+impl Progress {
+    /// A bar over `total` items, or a spinner with a running count when the total is unknown;
+    /// `unit` names the items, `per` their rate (`sentences`, `sent/s`).
+    pub(crate) fn new(
+        shown: Shown,
+        total: Option<u64>,
+        unit: &'static str,
+        per: &'static str,
+    ) -> Progress {
+        let bar = match (shown, total) {
+            (Shown::Bar, Some(n)) => {
+                let pb = indicatif::ProgressBar::new(n);
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(&format!(
+                        "{{wide_bar}} {{human_pos}}/{{human_len}} {unit}  {{msg}}  {{elapsed_precise}} < {{eta_precise}}"
+                    ))
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                pb
+            }
+            (Shown::Bar, None) => {
+                let pb = indicatif::ProgressBar::new_spinner();
+                pb.set_style(
+                    indicatif::ProgressStyle::with_template(&format!(
+                        "{{spinner}} {{human_pos}} {unit}  {{msg}}  {{elapsed_precise}}"
+                    ))
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                pb
+            }
+            _ => indicatif::ProgressBar::hidden(),
+        };
+        if shown == Shown::Bar {
+            bar.set_message(rates(0, 0, 0.0, per));
+            // Elapsed time and ETA keep moving during a long batch.
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        Progress {
+            bar,
+            shown,
+            total,
+            unit,
+            per,
+            done: Mutex::new((0, 0)),
+            start: Instant::now(),
+        }
+    }
+
+    /// Records `items` finished items that produced `tokens` tokens.
+    pub(crate) fn add(&self, items: usize, tokens: usize) {
+        if self.shown == Shown::Off || items == 0 {
+            return;
+        }
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        done.0 += items as u64;
+        done.1 += tokens as u64;
+        let msg = rates(done.0, done.1, self.start.elapsed().as_secs_f64(), self.per);
+        match self.shown {
+            Shown::Bar => {
+                self.bar.set_message(msg);
+                self.bar.inc(items as u64);
+            }
+            Shown::Plain => match self.total {
+                Some(t) => eprintln!("progress: {}/{t} {}, {msg}", done.0, self.unit),
+                None => eprintln!("progress: {} {}, {msg}", done.0, self.unit),
+            },
+            Shown::Off => {}
+        }
+    }
+
+    /// Runs `f` with the bar cleared from the terminal, for other output to the same screen.
+    pub(crate) fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        self.bar.suspend(f)
+    }
+
+    /// Leaves the bar drawn at its final count and rates.
+    pub(crate) fn finish(&self) {
+        if self.shown == Shown::Bar {
+            self.bar.finish();
+        }
+    }
+}
+
+fn rates(items: u64, tokens: u64, secs: f64, per: &str) -> String {
+    // Rates over the whole run so far: they settle instead of swinging from batch to batch.
+    let secs = secs.max(1e-3);
+    format!(
+        "{:.1} {per}, {:.0} tok/s",
+        items as f64 / secs,
+        tokens as f64 / secs
+    )
 }
 
 /// Translates the non-empty sources of a chunk in length-sorted batches, as many at a time as `pool`
@@ -417,6 +590,7 @@ fn translate_chunk(
     cfg: &GenerateConfig,
     batch_tokens: usize,
     batch_size: usize,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
     use rayon::prelude::*;
     let idx: Vec<usize> = (0..srcs.len()).filter(|&i| srcs[i].is_some()).collect();
@@ -434,7 +608,15 @@ fn translate_chunk(
                     .iter()
                     .map(|&j| srcs[idx[j]].clone().unwrap_or_default())
                     .collect();
-                generate::generate(model, &batch_srcs, cfg)
+                let hyps = generate::generate(model, &batch_srcs, cfg)?;
+                // Counted here, on the worker that decoded it: the main thread only hears of a
+                // chunk's batches when the last of them is done.
+                let tokens = hyps
+                    .iter()
+                    .filter_map(|h| h.first())
+                    .map(|h| h.tokens.len());
+                progress.add(batch.len(), tokens.sum());
+                Ok::<_, generate::GenerateError>(hyps)
             })
             .collect()
     });
