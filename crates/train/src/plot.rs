@@ -62,6 +62,17 @@ impl Run {
 /// One run's curve in one panel: its index (colour), name (legend) and points.
 type Series<'a> = (usize, &'a str, Vec<(f64, f64)>);
 
+/// Line colours that stay apart on white (matplotlib's first seven).
+const COLORS: [RGBColor; 7] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+];
+
 /// The panels: (record kind, field, title).
 const PANELS: [(&str, &str, &str); 8] = [
     ("train", "ce", "train CE per token (per copy)"),
@@ -174,7 +185,7 @@ pub fn plot(runs: &[Run], x: XAxis, out: &Path, size: (u32, u32)) -> Result<()> 
             continue;
         }
         for (i, name, pts) in &series {
-            let color = Palette99::pick(*i).to_rgba();
+            let color = COLORS[*i % COLORS.len()].to_rgba();
             let few = pts.len() <= 40;
             chart
                 .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
