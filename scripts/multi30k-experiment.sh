@@ -76,7 +76,9 @@ fi
 COMMIT=$(cat "$STATE/bin/COMMIT")
 
 # --- steps ------------------------------------------------------------------------------------
-# train NAME RECIPE [--set ...]: trains into $STATE/runs/NAME, resuming a partial run.
+# train NAME RECIPE [--set ...]: trains into $STATE/runs/NAME, resuming a partial run. A training
+# that fails or is stopped ends the whole experiment (callers run it inside `&&` lists, where
+# set -e would not), so no later step starts from an unfinished run.
 train() {
   local name=$1 recipe=$2; shift 2
   local run=$STATE/runs/$name
@@ -87,7 +89,7 @@ train() {
   # shellcheck disable=SC2086
   nice -n "$NICE" "$BIN" train "$recipe" --set "output_dir=\"$run\"" --set "device=\"$DEVICE\"" \
     "$@" ${EXTRA_SET:-} "${resume[@]}" >>"$STATE/logs/$name.log" 2>&1 \
-    || { log "training $name failed: see $STATE/logs/$name.log"; return 1; }
+    || { log "training $name stopped: see $STATE/logs/$name.log; rerun to resume"; exit 1; }
   touch "$run/DONE"
   log "trained $name: $(grep -h 'trained' "$STATE/logs/$name.log" | tail -n 1)"
 }
