@@ -9,8 +9,9 @@
 #   scripts/multi30k-experiment.sh [--device cuda] [--plan "STEP ..."] [--fresh-binary]
 #
 # Resumable: every step leaves a DONE marker or checkpoints, and a rerun continues where it stopped
-# (a killed training resumes from its latest checkpoint). State lives outside the work tree so a new
-# checkout continues the same experiment:
+# (a killed training resumes from its latest checkpoint). R-Drop continues the sweep run of its α and
+# the control continues the baseline, rather than training the updates they share twice. State lives
+# outside the work tree so a new checkout continues the same experiment:
 #   STATE     (default $HOME/.cache/rdrop/multi30k-experiment[-cuda]) runs, outputs, scores, report
 #   RDROP     binary to run (default target/release/rdrop, built if missing). It is copied into
 #             $STATE/bin once, with the commit it was built from, and that copy runs every step, so
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --plan) PLAN=$2; shift 2 ;;
     --fresh-binary) FRESH=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$repo/scripts/multi30k-experiment.sh"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,6 +93,17 @@ train() {
     || { log "training $name stopped: see $STATE/logs/$name.log; rerun to resume"; exit 1; }
   touch "$run/DONE"
   log "trained $name: $(grep -h 'trained' "$STATE/logs/$name.log" | tail -n 1)"
+}
+
+# branch SRC DST: DST starts as a copy of the finished run SRC, which trained the same recipe with the
+# same seed up to its last checkpoint (the inverse-sqrt schedule does not depend on max_updates, and
+# a resumed run continues exactly where it stopped), so those updates are not trained twice; `train`
+# then resumes DST from there under its own budget and patience.
+branch() {
+  local src=$STATE/runs/$1 dst=$STATE/runs/$2
+  [ -f "$src/DONE" ] && [ ! -e "$dst" ] || return 0
+  rm -rf "$dst.tmp" && cp -a "$src" "$dst.tmp" && rm -f "$dst.tmp/DONE" && mv "$dst.tmp" "$dst"
+  log "$2 continues $1 from update $(updates_of "$2")"
 }
 
 # best_valid NAME: the best validation BLEU of a run (from its metrics).
@@ -180,11 +192,16 @@ for step in $PLAN; do
       alpha=$(chosen_alpha)
       [ -n "$alpha" ] || { log "no finished sweep run: cannot choose α"; exit 1; }
       echo "$alpha" >"$STATE/scores/chosen-alpha"
+      branch "sweep-a$alpha" rdrop
       train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$alpha" && evaluate rdrop
       significance baseline rdrop ;;
     control)
       [ -f "$STATE/runs/rdrop/DONE" ] || { log "control needs the finished rdrop run"; exit 1; }
       n=$(( 2 * $(updates_of rdrop) ))
+      # The baseline's updates are the control's first ones when it stopped before n.
+      if [ -f "$STATE/runs/baseline/DONE" ] && [ "$(updates_of baseline)" -lt "$n" ]; then
+        branch baseline control
+      fi
       train control "$BASE" --set "training.max_updates=$n" --set "validation.patience=0" \
         && evaluate control
       significance control rdrop ;;
