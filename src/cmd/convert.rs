@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use rdrop_seq2seq::checkpoint;
-use rdrop_train::error::{ext, Error};
+use rdrop_train::error::Error;
 use rdrop_train::output;
 
 #[derive(clap::Args)]
@@ -39,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let n_params: usize = ordered.iter().map(|(_, t)| t.elem_count()).sum();
     let mut copied = Vec::new();
     output::write_output(&args.out, "convert", args.force, &inputs, |tmp| {
-        checkpoint::save_tensors(tmp, &cfg, ordered).map_err(ext)?;
+        checkpoint::save_tensors(tmp, &cfg, ordered)?;
         copied = copy_companions(&ckpt.dir, tmp)?;
         Ok(())
     })?;

@@ -82,6 +82,7 @@ mod criterion;
 mod error;
 mod fused;
 mod loss;
+mod metrics;
 
 pub use batch::{duplicate, duplicate_all, split_halves};
 pub use criterion::{Criterion, CriterionConfig, LabelSmoothedCe, RDrop};
@@ -89,3 +90,4 @@ pub use error::{LossError, Result};
 pub use loss::{
     label_smoothed_ce, label_smoothed_nll_loss, rdrop_loss, LossParts, LossValues, SmoothedNll,
 };
+pub use metrics::{LossMeans, LossSums};

@@ -224,13 +224,30 @@ pub fn tokenize_and_filter<E>(
     max_len: usize,
     max_ratio: f64,
     limit: usize,
-    mut encode: E,
+    encode: E,
 ) -> Result<Vec<Example>>
 where
     E: FnMut(&str, &str) -> Result<(Vec<u32>, Vec<u32>)>,
 {
+    Ok(tokenize_and_filter_kept(pairs, stats, max_len, max_ratio, limit, encode)?.0)
+}
+
+/// [`tokenize_and_filter`], also returning the index in `pairs` of each kept example (validation
+/// scores against the kept pairs' references).
+pub fn tokenize_and_filter_kept<E>(
+    pairs: &[RawPair],
+    stats: &mut DataStats,
+    max_len: usize,
+    max_ratio: f64,
+    limit: usize,
+    mut encode: E,
+) -> Result<(Vec<Example>, Vec<usize>)>
+where
+    E: FnMut(&str, &str) -> Result<(Vec<u32>, Vec<u32>)>,
+{
     let mut out = Vec::with_capacity(pairs.len());
-    for p in pairs {
+    let mut kept = Vec::with_capacity(pairs.len());
+    for (i, p) in pairs.iter().enumerate() {
         if limit > 0 && out.len() >= limit {
             stats.beyond_limit += 1;
             continue;
@@ -249,9 +266,10 @@ where
             source: s,
             target: t,
         });
+        kept.push(i);
     }
     stats.kept = out.len();
-    Ok(out)
+    Ok((out, kept))
 }
 
 /// Padded cost of a batch: rows × the longest side.

@@ -3,7 +3,7 @@
 //! the held-out test split and reports BLEU before and after training.
 
 use crate::data;
-use crate::error::{ext, Error, Result};
+use crate::error::{Error, Result};
 use crate::recipe::Recipe;
 use crate::synthetic::{self, Sizes};
 use crate::trainer::{self, RunOptions};
@@ -41,7 +41,7 @@ pub fn recipe(overrides: &[String]) -> Result<Recipe> {
 fn translate_test(s: &trainer::Session, src: &[String]) -> Result<Vec<String>> {
     let ids = src
         .iter()
-        .map(|x| s.tokenizer.encode_source(x).map_err(ext))
+        .map(|x| s.tokenizer.encode_source(x).map_err(Error::from))
         .collect::<Result<Vec<_>>>()?;
     trainer::translate(s, &ids)
 }

@@ -47,9 +47,30 @@ pub enum Error {
     /// No training pair survived reading and filtering.
     #[error("no usable training pairs in {what} ({stats})")]
     NoData { what: String, stats: String },
-    /// Failure in the model, tokenizer, loss or BLEU crate.
+    /// The model crate: configs, weights, forward passes.
     #[error(transparent)]
-    External(Box<dyn std::error::Error + Send + Sync>),
+    Model(#[from] rdrop_seq2seq::error::Error),
+    /// A tokenizer could not be loaded, trained, saved or run.
+    #[error(transparent)]
+    Tokenizer(#[from] rdrop_seq2seq::tokenizer::TokenizerError),
+    /// Decoding (validation BLEU) failed.
+    #[error(transparent)]
+    Generate(#[from] rdrop_seq2seq::generate::GenerateError),
+    /// The recipe's `device` cannot be used here.
+    #[error("device = {spec:?}: {error}")]
+    Device {
+        spec: String,
+        error: Box<rdrop_seq2seq::device::DeviceError>,
+    },
+    /// The criterion rejected its inputs.
+    #[error(transparent)]
+    Loss(#[from] rdrop_loss::LossError),
+    /// Scoring validation output failed.
+    #[error(transparent)]
+    Bleu(#[from] rdrop_bleu::Error),
+    /// A lock around shared state was poisoned by a panic elsewhere.
+    #[error("{0} lock poisoned by an earlier panic")]
+    Poisoned(&'static str),
     /// Tensor-level failure.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -76,11 +97,6 @@ pub enum Error {
 
 /// Result with the trainer's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
-
-/// Wraps an error of another rdrop crate.
-pub fn ext<E: std::error::Error + Send + Sync + 'static>(e: E) -> Error {
-    Error::External(Box::new(e))
-}
 
 /// An error with its chain of causes, `a: b: c`, for messages that are built into other text
 /// (the causes are not in `Display`, so they are printed once when the chain is printed).

@@ -25,11 +25,14 @@ pub mod init;
 pub mod optim;
 pub mod output;
 pub mod plot;
+pub mod prepare;
 pub mod recipe;
 pub mod resume;
 pub mod runlog;
+pub mod session;
 pub mod synthetic;
 pub mod tensorboard;
 pub mod trainer;
+pub mod validate;
 
 pub use error::{Error, Result};

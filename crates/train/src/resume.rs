@@ -3,15 +3,17 @@
 //! model, tokenizer or data since the checkpoint is refused with the keys that differ.
 
 use crate::checkpoint::{self, OPTIMIZER_FILE, RECIPE_FILE};
-use crate::error::{ext, with_causes, Error, Result};
+use crate::error::{with_causes, Error, Result};
 use crate::recipe::Recipe;
+use crate::runlog::Console;
+use crate::trainer::RunOptions;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Loads every file `--resume` will read from `dir`; the error names the damaged file.
 pub fn verify(dir: &Path) -> Result<()> {
     checkpoint::read_state(dir)?;
-    rdrop_seq2seq::checkpoint::load_config(dir).map_err(ext)?;
+    rdrop_seq2seq::checkpoint::load_config(dir)?;
     for name in ["model.safetensors", OPTIMIZER_FILE] {
         let path = dir.join(name);
         let bytes = std::fs::read(&path).map_err(|source| Error::Io {
@@ -168,6 +170,27 @@ pub fn data_fingerprint(examples: &[crate::data::Example]) -> String {
         e.target.iter().for_each(|&t| eat(t));
     }
     format!("{} pairs, fnv1a {h:016x}", examples.len())
+}
+
+/// The checkpoint to resume from (`--resume`: the newest intact one, with warnings for those
+/// passed over; `--resume-from`: that one), after checking the recipe still fits it.
+pub fn choose(r: &Recipe, opts: &RunOptions, out: &mut Console) -> Result<Option<PathBuf>> {
+    let ck_dir = r.output_dir.join("checkpoints");
+    if opts.resume || opts.resume_from.is_some() {
+        let (dir, warnings) = pick(&ck_dir, opts.resume_from.as_deref())?;
+        for w in warnings {
+            out.say(&w);
+        }
+        check_recipe(&dir, r)?;
+        return Ok(Some(dir));
+    }
+    if !checkpoint::list_checkpoints(&ck_dir)?.is_empty() {
+        return Err(Error::Other(format!(
+            "{} already holds checkpoints: pass --resume to continue that run, or choose another output_dir",
+            ck_dir.display()
+        )));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

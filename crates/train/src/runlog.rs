@@ -4,8 +4,11 @@
 
 use crate::error::{Error, Result};
 use crate::tensorboard::EventWriter;
+use indicatif::ProgressBar;
+use rdrop_loss::LossSums;
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for Unix seconds, without a date library (Hinnant's civil_from_days).
 pub fn utc_timestamp(secs: u64) -> String {
@@ -125,6 +128,73 @@ impl RunLog {
             let _ = tb.scalars(step, &scalars);
         }
     }
+}
+
+/// Lines for the user and train.log, through the progress bar while one is drawn.
+pub struct Console {
+    /// The run's train.log and metrics.
+    pub runlog: RunLog,
+    /// Hidden unless a bar is drawn.
+    pub pb: ProgressBar,
+    /// Print nothing (train.log still gets every line).
+    pub quiet: bool,
+}
+
+impl Console {
+    /// Writes a line to train.log and, unless quiet, to the terminal.
+    pub fn say(&mut self, msg: &str) {
+        self.runlog.line(msg);
+        if self.quiet {
+        } else if self.pb.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            self.pb.println(msg);
+        }
+    }
+}
+
+/// Wall time continues across resumes, so curves against time stay comparable between runs.
+pub struct Clock {
+    /// When this process started training.
+    pub started: Instant,
+    /// Seconds trained before (by the runs this one resumes).
+    pub wall_before: f64,
+    /// The update this process started at.
+    pub first_update: u64,
+}
+
+impl Clock {
+    /// Seconds of training so far, resumed runs included.
+    pub fn wall(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// The logging window: sums since the last periodic log line.
+pub struct Window {
+    /// The updates' loss sums.
+    pub sums: LossSums,
+    /// Updates in the window.
+    pub updates: u64,
+    /// When the window opened.
+    pub started: Instant,
+}
+
+impl Window {
+    /// An empty window opening now.
+    pub fn start() -> Self {
+        Self {
+            sums: LossSums::default(),
+            updates: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// `H:MM:SS` for a duration in seconds.
+pub fn hms(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 #[cfg(test)]
