@@ -1,6 +1,5 @@
-//! Training recipes: one TOML file per run, parsed, overridden with `--set`, range-checked and
-//! saved resolved. Every default lives in the sections' `Default` impls, so a recipe lists only what
-//! differs; unknown keys are errors that name the key and the file.
+//! Training recipes, one TOML file per run: parsing, `--set` overrides, range checks (unknown keys
+//! and bad values name the key and file). Defaults live in the sections' `Default` impls.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
