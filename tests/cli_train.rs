@@ -177,3 +177,58 @@ fn killed_save_keeps_the_previous_checkpoint_resume_and_average() {
             && sb.path().join("avg/config.json").is_file()
     );
 }
+
+/// `--profile-phases` times every phase of an update: each train record carries the five phases,
+/// the model's passes take time, and the phases fit in the wall time between records. Without the
+/// flag no record has them.
+#[test]
+fn profile_phases_split_each_update_within_its_time() {
+    let sb = Sandbox::new();
+    tiny_run(&sb, "");
+    sb.rdrop()
+        .args(["train", "tiny.toml", "--quiet", "--profile-phases"])
+        .ok();
+    let log = std::fs::read_to_string(sb.path().join("run/train.log")).unwrap();
+    assert!(log.contains("| ms/update batch "), "{log}");
+    let records = |run: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(sb.path().join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "train")
+            .collect()
+    };
+    let train = records("run");
+    assert_eq!(train.len(), 3, "6 updates logged every 2");
+    let mut wall_before = 0.0;
+    for r in &train {
+        let ph = r["phase_ms"].as_object().expect("phase_ms");
+        let mut keys: Vec<&str> = ph.keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(keys, ["backward", "batch", "forward", "loss", "optimizer"]);
+        let ms = |k: &str| ph[k].as_f64().unwrap();
+        assert!(ph.values().all(|v| v.as_f64().unwrap() >= 0.0), "{r}");
+        assert!(ms("forward") > 0.0 && ms("backward") > 0.0, "{r}");
+        let updates = r["updates_in_window"].as_f64().unwrap();
+        let total_ms: f64 = keys.iter().map(|k| ms(k)).sum::<f64>() * updates;
+        let wall = r["wall_s"].as_f64().unwrap();
+        assert!(
+            total_ms <= (wall - wall_before) * 1e3 + 1.0,
+            "phases {total_ms} ms exceed the {} ms between records",
+            (wall - wall_before) * 1e3
+        );
+        wall_before = wall;
+    }
+
+    sb.rdrop()
+        .args([
+            "train",
+            "tiny.toml",
+            "--quiet",
+            "--set",
+            "output_dir=\"plain\"",
+        ])
+        .ok();
+    let plain = records("plain");
+    assert!(!plain.is_empty() && plain.iter().all(|r| r.get("phase_ms").is_none()));
+}

@@ -31,6 +31,11 @@ pub struct Args {
     /// Only errors and the final result.
     #[arg(long, short, help_heading = "Output")]
     pub quiet: bool,
+    /// Time the phases of each update (batch, forward, loss, backward, optimizer), waiting for
+    /// the device after each, and log their means in ms (`phase_ms` in metrics.jsonl). Slows GPU
+    /// training a little: for finding where the time goes.
+    #[arg(long, help_heading = "Output")]
+    pub profile_phases: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -56,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         progress: std::io::stderr().is_terminal(),
         quiet: args.quiet,
         stop: stop_on_signals()?,
+        profile_phases: args.profile_phases,
         ..Default::default()
     };
     if args.recipe.is_none() {

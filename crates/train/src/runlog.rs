@@ -178,6 +178,8 @@ pub struct Window {
     pub updates: u64,
     /// When the window opened.
     pub started: Instant,
+    /// Seconds spent in each phase of the window's updates (with `--profile-phases`).
+    pub phases: Phases,
 }
 
 impl Window {
@@ -187,7 +189,94 @@ impl Window {
             sums: LossSums::default(),
             updates: 0,
             started: Instant::now(),
+            phases: Phases::default(),
         }
+    }
+}
+
+/// Time per phase of an update: making the batch (and seeding dropout), the model's forward pass,
+/// the criterion, backward (with gradient accumulation) and the optimiser (scaling, clipping, step).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Phases {
+    pub batch: f64,
+    pub forward: f64,
+    pub loss: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+impl Phases {
+    fn fields(&self) -> [(&'static str, f64); 5] {
+        [
+            ("batch", self.batch),
+            ("forward", self.forward),
+            ("loss", self.loss),
+            ("backward", self.backward),
+            ("optimizer", self.optimizer),
+        ]
+    }
+
+    /// Milliseconds per update over `updates` updates.
+    pub fn per_update_ms(&self, updates: u64) -> Phases {
+        let k = 1e3 / updates.max(1) as f64;
+        Phases {
+            batch: self.batch * k,
+            forward: self.forward * k,
+            loss: self.loss * k,
+            backward: self.backward * k,
+            optimizer: self.optimizer * k,
+        }
+    }
+
+    /// `{"batch": .., "forward": .., ...}` for a metrics record.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.fields()
+            .iter()
+            .map(|&(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .fields()
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// Times consecutive phases, waiting for the device before each reading so a phase's queued
+/// kernels count in it, not in the next. Off, it reads no clock and never waits.
+pub struct PhaseClock<'a> {
+    device: &'a candle_core::Device,
+    last: Option<Instant>,
+}
+
+impl<'a> PhaseClock<'a> {
+    /// Starts timing (after the device has finished earlier work) when `on`.
+    pub fn start(on: bool, device: &'a candle_core::Device) -> Result<Self> {
+        if on {
+            device.synchronize()?;
+        }
+        Ok(Self {
+            device,
+            last: on.then(Instant::now),
+        })
+    }
+
+    /// Adds the time since the last reading to `into`.
+    pub fn lap(&mut self, into: &mut f64) -> Result<()> {
+        if let Some(last) = self.last {
+            self.device.synchronize()?;
+            let now = Instant::now();
+            *into += (now - last).as_secs_f64();
+            self.last = Some(now);
+        }
+        Ok(())
     }
 }
 

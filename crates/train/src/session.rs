@@ -234,13 +234,23 @@ pub fn model_loss(
     b: &data::Batch,
     mode: Mode,
 ) -> Result<rdrop_loss::LossParts> {
-    let logits = if criterion.needs_doubled_batch() {
+    let logits = forward_logits(model, criterion, b, mode)?;
+    Ok(criterion.loss(&logits, &b.labels)?)
+}
+
+/// The logits the criterion scores: of the batch, or of `[x; x]` for a doubling criterion.
+pub fn forward_logits(
+    model: &MarianModel,
+    criterion: &dyn Criterion,
+    b: &data::Batch,
+    mode: Mode,
+) -> Result<Tensor> {
+    Ok(if criterion.needs_doubled_batch() {
         let d = rdrop_loss::duplicate_all(&[&b.src_ids, &b.src_mask, &b.tgt_in])?;
         model.forward(&d[0], &d[1], &d[2], mode)?
     } else {
         model.forward(&b.src_ids, &b.src_mask, &b.tgt_in, mode)?
-    };
-    Ok(criterion.loss(&logits, &b.labels)?)
+    })
 }
 
 /// The model computing in `dtype` on casts of the session's f32 variables. The casts are graph

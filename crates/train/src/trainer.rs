@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::optim::{self, AdamW, Grads};
 use crate::prepare::{self, RunData};
 use crate::recipe::{CriterionKind, Precision, Recipe, ValidMetric};
-use crate::runlog::{hms, Clock, Console, RunLog, Window};
+use crate::runlog::{hms, Clock, Console, PhaseClock, RunLog, Window};
 use candle_core::DType;
 use indicatif::{ProgressBar, ProgressStyle};
 use rdrop_loss::{Criterion, LossSums};
@@ -17,8 +17,8 @@ use std::time::Instant;
 
 // The pieces a run is made of keep their old paths here, where callers found them.
 pub use crate::session::{
-    autocast_model, batch_loss, build_session, frozen_model, make_criterion, make_device,
-    model_loss, prepare_examples, save_checkpoint, scratch_config, Session,
+    autocast_model, batch_loss, build_session, forward_logits, frozen_model, make_criterion,
+    make_device, model_loss, prepare_examples, save_checkpoint, scratch_config, Session,
 };
 pub use crate::validate::{
     corpus_bleu, dropout_consistency, translate, translate_ids, validate, Validation,
@@ -42,6 +42,10 @@ pub struct RunOptions {
     /// update, saves a checkpoint and returns [`Error::Interrupted`]. Signal handling itself is
     /// the caller's (the binary's) business.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    /// Time each phase of every update (batch, forward, loss, backward, optimiser), waiting for
+    /// the device after each; the means go into every log line and train record (`phase_ms`).
+    /// The waits cost some throughput on a GPU, where phases otherwise overlap.
+    pub profile_phases: bool,
 }
 
 /// What a finished run reports.
@@ -334,17 +338,18 @@ impl<'a> Trainer<'a> {
                 }
                 self.plan = self.plan_for(self.state.epoch);
             }
+            let mut clock = PhaseClock::start(self.opts.profile_phases, &self.s.device)?;
             let idx = &self.plan[self.state.next_batch];
             let b = data::make_batch(&self.data.train, idx, pad, start, &self.s.device)?;
             self.state.next_batch += 1;
             self.dropout.seed_device(&self.s.device)?;
-            let parts = model_loss(
-                model,
-                self.criterion.as_ref(),
-                &b,
-                Mode::Train(&self.dropout),
-            )?;
+            clock.lap(&mut self.window.phases.batch)?;
+            let criterion = self.criterion.as_ref();
+            let logits = forward_logits(model, criterion, &b, Mode::Train(&self.dropout))?;
+            clock.lap(&mut self.window.phases.forward)?;
+            let parts = criterion.loss(&logits, &b.labels)?;
             let batch = LossSums::of(&parts)?;
+            clock.lap(&mut self.window.phases.loss)?;
             let attempt = self.state.update + self.state.nan_total + 1;
             if !batch.is_finite() || self.opts.fault_nan_updates.contains(&attempt) {
                 nonfinite = true;
@@ -353,6 +358,7 @@ impl<'a> Trainer<'a> {
             let grads = parts.loss_sum.backward()?;
             AdamW::accumulate(&mut acc, self.opt.grads_from(&grads))?;
             sums.add(&batch);
+            clock.lap(&mut self.window.phases.backward)?;
         }
         if epoch_ended && self.epochs_done() && acc.is_none() && !nonfinite {
             return Ok(Step::EpochLimit);
@@ -362,6 +368,7 @@ impl<'a> Trainer<'a> {
             return Ok(Step::Skipped);
         };
         self.state.nan_consecutive = 0;
+        let mut clock = PhaseClock::start(self.opts.profile_phases, &self.s.device)?;
         optim::scale_grads(&mut grads, 1.0 / sums.ntokens.max(1) as f64)?;
         let gnorm = optim::clip_grad_norm(&mut grads, r.optimizer.clip_norm)?;
         let lr = optim::learning_rate(
@@ -371,6 +378,7 @@ impl<'a> Trainer<'a> {
             self.state.update + 1,
         );
         self.opt.step(&grads, lr)?;
+        clock.lap(&mut self.window.phases.optimizer)?;
         self.state.update += 1;
         self.state.tokens_seen += sums.ntokens;
         self.log_update(&sums, lr, gnorm);
@@ -438,7 +446,7 @@ impl<'a> Trainer<'a> {
         }
         let w = self.window.sums.means();
         let tok_s = w.ntokens.max(1) as f64 / secs;
-        let rec = serde_json::json!({
+        let mut rec = serde_json::json!({
             "kind": "train", "update": self.state.update, "epoch": self.state.epoch + 1,
             "loss": w.loss, "ce": w.ce, "nll": w.nll,
             "kl": if rdrop { Some(w.kl.unwrap_or(0.0)) } else { None },
@@ -459,6 +467,13 @@ impl<'a> Trainer<'a> {
             self.state.update, self.state.epoch + 1, w.loss, w.ce, kl_text(w.kl),
             lr, gnorm, tok_s, hms(eta), self.total
         );
+        let msg = if self.opts.profile_phases {
+            let ms = self.window.phases.per_update_ms(self.window.updates);
+            rec["phase_ms"] = ms.to_json();
+            format!("{msg} | ms/update {ms}")
+        } else {
+            msg
+        };
         self.out.say(&msg);
         self.out.runlog.record(&rec);
         self.window = Window::start();
