@@ -2,19 +2,18 @@
 //!
 //! The command line mirrors sacreBLEU's (`rdrop bleu REF [REF ...] -i HYP [HYP ...]`, `-tok`, `-lc`,
 //! `-m bleu chrf`, `--paired-bs`, ...), and so does the output; the default format is text.
+//! This file turns flags into an [`rdrop_bleu::evaluation`] request, reads the files and prints.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use rdrop_bleu::report::{
-    fancy_grid, format_score, paired_explanation, python_json_objects, signatures_block,
-    single_results, Confidence, Object,
+use rdrop_bleu::evaluation::{
+    check_aligned, evaluate, looks_tokenized, Format, Mode, PairedMethod, Resampling, Style, System,
 };
-use rdrop_bleu::significance::{self, PairedResult, DEFAULT_SEED};
+use rdrop_bleu::significance::DEFAULT_SEED;
 use rdrop_bleu::text::{read_lines, read_systems_from, split_tabbed_refs};
-use rdrop_bleu::{Bleu, BleuConfig, Chrf, ChrfConfig, Metric, SegmentStats, Smoothing, Tokenizer};
+use rdrop_bleu::{Bleu, BleuConfig, Chrf, ChrfConfig, Metric, Smoothing, Tokenizer};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -220,13 +219,7 @@ pub fn sacrebleu_aliases(args: impl IntoIterator<Item = OsString>) -> Vec<OsStri
     v
 }
 
-/// One system's hypotheses and where they came from.
-struct System {
-    name: String,
-    source: String,
-    lines: Vec<String>,
-}
-
+/// `--seed`, else `$SACREBLEU_SEED`, else sacreBLEU's default; `none` draws one.
 fn resolve_seed(flag: Option<&str>) -> anyhow::Result<(u64, String)> {
     let raw = match flag {
         Some(s) => s.to_owned(),
@@ -242,6 +235,15 @@ fn resolve_seed(flag: Option<&str>) -> anyhow::Result<(u64, String)> {
         .parse()
         .with_context(|| format!("seed {raw:?} is not a non-negative integer or `none`"))?;
     Ok((seed, raw))
+}
+
+fn resampling(a: &Args, samples: usize) -> anyhow::Result<Resampling> {
+    let (seed, seed_label) = resolve_seed(a.seed.as_deref())?;
+    Ok(Resampling {
+        samples,
+        seed,
+        seed_label,
+    })
 }
 
 fn read_references(a: &Args) -> anyhow::Result<(Vec<Vec<String>>, Vec<String>)> {
@@ -272,6 +274,8 @@ fn read_references(a: &Args) -> anyhow::Result<(Vec<Vec<String>>, Vec<String>)> 
     Ok((streams, names))
 }
 
+/// The systems of `-i` files, or of standard input's tab-separated fields, named as sacreBLEU
+/// names them (the first is the baseline of paired tests).
 fn read_systems(a: &Args, paired: bool) -> anyhow::Result<Vec<System>> {
     let mut systems: Vec<System> = Vec::new();
     match &a.input {
@@ -307,11 +311,7 @@ fn read_systems(a: &Args, paired: bool) -> anyhow::Result<Vec<System>> {
                     }
                     bail!("{name:?} already used to name a system: give each system a different file name");
                 }
-                systems.push(System {
-                    lines: read_lines(path)?,
-                    source: name.clone(),
-                    name,
-                });
+                systems.push(System::new(name, read_lines(path)?));
             }
             if paired {
                 if let Some(s) = systems.first_mut() {
@@ -364,13 +364,31 @@ fn build_metrics(
     Ok(out)
 }
 
-/// sacreBLEU keys metrics by upper-case name and prints single-system results in that order.
-fn metric_key(m: &dyn Metric) -> String {
-    if m.name() == "BLEU" {
-        "BLEU".into()
-    } else {
-        "CHRF".into()
+/// What the flags ask for; resampling flags are checked (and the seed read) only where used.
+fn mode(a: &Args) -> anyhow::Result<Mode> {
+    if a.sentence_level {
+        return Ok(Mode::Sentences);
     }
+    if a.paired_bs || a.paired_ar {
+        let (method, n) = if a.paired_bs {
+            (PairedMethod::Bootstrap, a.paired_bs_n)
+        } else {
+            (PairedMethod::Randomization, a.paired_ar_n)
+        };
+        if n == 0 {
+            bail!("the number of resamples/trials must be at least 1");
+        }
+        return Ok(Mode::Paired {
+            method,
+            resampling: resampling(a, n)?,
+        });
+    }
+    let confidence = if a.confidence {
+        Some(resampling(a, a.confidence_n)?)
+    } else {
+        None
+    };
+    Ok(Mode::Corpus { confidence })
 }
 
 pub fn run(mut a: Args) -> anyhow::Result<()> {
@@ -410,29 +428,9 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
     if systems.len() > 1 && a.confidence {
         bail!("use the paired tests (--paired-bs, --paired-ar) for several systems");
     }
-    for sys in &systems {
-        if sys.lines.is_empty() {
-            bail!("{} contains no lines: nothing to score", sys.source);
-        }
-        for (r, rname) in refs.iter().zip(&ref_names) {
-            if r.len() != sys.lines.len() {
-                bail!(
-                    "{} has {} lines but {} has {}: hypotheses and references must be aligned line by line",
-                    sys.source,
-                    sys.lines.len(),
-                    rname,
-                    r.len()
-                );
-            }
-        }
-    }
+    check_aligned(&systems, &refs, &ref_names)?;
     if a.metrics.iter().any(|m| m == "bleu") && !a.force {
-        let tokenized = systems[0]
-            .lines
-            .iter()
-            .filter(|l| l.ends_with(" ."))
-            .count();
-        if tokenized >= 100 {
+        if let Some(tokenized) = looks_tokenized(&systems[0].lines) {
             eprintln!(
                 "warning: {tokenized} lines end in a tokenized period (' .'): BLEU expects detokenized text \
 (--force silences this)"
@@ -440,240 +438,20 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         }
     }
     let metrics = build_metrics(&a, &refs, a.sentence_level)?;
-    let json = a.format == "json";
-    let out = if a.sentence_level {
-        sentence_level(&a, metrics[0].as_ref(), &systems[0])?
-    } else if systems.len() == 1 {
-        single_system(&a, &metrics, &systems[0], json)?
-    } else if paired {
-        paired_tests(&a, &metrics, &systems, json)?
-    } else {
-        multi_system(&a, &metrics, &systems, json)?
+    let style = Style {
+        format: if a.format == "json" {
+            Format::Json
+        } else {
+            Format::Text
+        },
+        width: a.width,
+        score_only: a.score_only,
+        short: a.short,
     };
+    let out = evaluate(&metrics, &systems, &mode(&a)?)?.render(&style);
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
     stdout.flush()?;
     Ok(())
-}
-
-fn sentence_level(a: &Args, m: &dyn Metric, sys: &System) -> anyhow::Result<String> {
-    let stats = m.stats(&sys.lines)?;
-    let sig = m.signature().format(a.short);
-    let mut out = String::new();
-    for i in 0..stats.len() {
-        out.push_str(&format_score(
-            &m.report(stats.row(i)),
-            a.width,
-            a.score_only,
-            &sig,
-            false,
-            None,
-        ));
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-fn single_system(
-    a: &Args,
-    metrics: &[Box<dyn Metric>],
-    sys: &System,
-    json: bool,
-) -> anyhow::Result<String> {
-    let mut ordered: Vec<&dyn Metric> = metrics.iter().map(|m| m.as_ref()).collect();
-    ordered.sort_by_key(|m| metric_key(*m));
-    let mut results = Vec::new();
-    for m in ordered {
-        let stats = m.stats(&sys.lines)?;
-        let report = m.report(&stats.sum());
-        let mut sig = m.signature();
-        let mut conf = None;
-        if a.confidence {
-            let (seed, seed_str) = resolve_seed(a.seed.as_deref())?;
-            let (mean, ci) = significance::bootstrap_ci(m, &stats, a.confidence_n, seed);
-            conf = Some(Confidence { mean, ci });
-            sig = sig.with_resampling(Some(a.confidence_n), None, &seed_str);
-        }
-        let sig = sig.format(a.short && !json);
-        results.push(format_score(
-            &report,
-            a.width,
-            a.score_only,
-            &sig,
-            json,
-            conf,
-        ));
-    }
-    Ok(single_results(&results, json))
-}
-
-fn multi_system(
-    a: &Args,
-    metrics: &[Box<dyn Metric>],
-    systems: &[System],
-    json: bool,
-) -> anyhow::Result<String> {
-    let mut ordered: Vec<&dyn Metric> = metrics.iter().map(|m| m.as_ref()).collect();
-    ordered.sort_by_key(|m| metric_key(*m));
-    let mut columns: BTreeMap<usize, (String, Vec<String>)> = BTreeMap::new();
-    let mut sigs = Vec::new();
-    for (k, m) in ordered.iter().enumerate() {
-        let mut cells = Vec::new();
-        for sys in systems {
-            let report = m.report(&m.stats(&sys.lines)?.sum());
-            cells.push(format_score(&report, a.width, true, "", false, None));
-        }
-        columns.insert(k, (m.name(), cells));
-        sigs.push((m.name(), m.signature().format(a.short)));
-    }
-    if json {
-        let rows: Vec<Object> = systems
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut o = Object::default();
-                o.insert("system", s.name.clone());
-                for (name, cells) in columns.values() {
-                    o.insert(name.clone(), cells[i].clone());
-                }
-                o
-            })
-            .collect();
-        return Ok(python_json_objects(&rows, 4, true) + "\n");
-    }
-    let mut headers = vec!["System".to_owned()];
-    headers.extend(columns.values().map(|(n, _)| n.clone()));
-    let rows: Vec<Vec<String>> = systems
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            std::iter::once(s.name.clone())
-                .chain(columns.values().map(|(_, c)| c[i].clone()))
-                .collect()
-        })
-        .collect();
-    Ok(format!(
-        "{}\n{}",
-        fancy_grid(&headers, &rows),
-        signatures_block(&sigs)
-    ))
-}
-
-fn paired_tests(
-    a: &Args,
-    metrics: &[Box<dyn Metric>],
-    systems: &[System],
-    json: bool,
-) -> anyhow::Result<String> {
-    let bootstrap = a.paired_bs;
-    let n = if bootstrap {
-        a.paired_bs_n
-    } else {
-        a.paired_ar_n
-    };
-    if n == 0 {
-        bail!("the number of resamples/trials must be at least 1");
-    }
-    let (seed, seed_str) = resolve_seed(a.seed.as_deref())?;
-    // results[metric][system]
-    let mut results: Vec<(String, Vec<PairedResult>)> = Vec::new();
-    let mut sigs = Vec::new();
-    for m in metrics {
-        let m = m.as_ref();
-        let bl: SegmentStats = m.stats(&systems[0].lines)?;
-        let bl_score = m.score(&bl.sum());
-        let (mean, ci) = if bootstrap {
-            let (mean, ci) = significance::bootstrap_ci(m, &bl, n, seed);
-            (Some(mean), Some(ci))
-        } else {
-            (None, None)
-        };
-        let mut col = vec![PairedResult {
-            score: bl_score,
-            p_value: None,
-            mean,
-            ci,
-        }];
-        for sys in &systems[1..] {
-            let st = m.stats(&sys.lines)?;
-            col.push(if bootstrap {
-                significance::paired_bootstrap(m, &bl, &st, n, seed)
-            } else {
-                significance::paired_ar(m, &bl, &st, n, seed)
-            });
-        }
-        let sig = if bootstrap {
-            m.signature().with_resampling(Some(n), None, &seed_str)
-        } else {
-            m.signature().with_resampling(None, Some(n), &seed_str)
-        };
-        sigs.push((m.name(), sig.format(a.short)));
-        results.push((m.name(), col));
-    }
-    if json {
-        let rows: Vec<Object> = systems
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut o = Object::default();
-                o.insert("system", s.name.clone());
-                for (name, col) in &results {
-                    let r = &col[i];
-                    let mut d = Object::default();
-                    d.insert("score", r.score);
-                    d.insert("p_value", r.p_value);
-                    d.insert("mean", r.mean);
-                    d.insert("ci", r.ci);
-                    o.insert_object(name.clone(), d);
-                }
-                o
-            })
-            .collect();
-        return Ok(python_json_objects(&rows, 4, true) + "\n");
-    }
-    let w = a.width;
-    let mut headers = vec!["System".to_owned()];
-    let mut is_bootstrap = false;
-    let mut cols = Vec::new();
-    for (name, col) in &results {
-        let cells: Vec<String> = col
-            .iter()
-            .map(|r| {
-                let mut s = format!("{:.w$}", r.score);
-                if let (Some(mean), Some(ci)) = (r.mean, r.ci) {
-                    is_bootstrap = true;
-                    s.push_str(&format!(" ({mean:.w$} ± {ci:.w$})"));
-                }
-                if let Some(p) = r.p_value {
-                    s.push_str(&format!("\n(p = {p:.4})"));
-                    if p <= 0.05 {
-                        s.push('*');
-                    }
-                }
-                s
-            })
-            .collect();
-        headers.push(if is_bootstrap {
-            format!("{name} (μ ± 95% CI)")
-        } else {
-            name.clone()
-        });
-        cols.push(cells);
-    }
-    let rows: Vec<Vec<String>> = systems
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            std::iter::once(s.name.clone())
-                .chain(cols.iter().map(|c| c[i].clone()))
-                .collect()
-        })
-        .collect();
-    Ok(format!(
-        "{}\n{}{}",
-        fancy_grid(&headers, &rows),
-        paired_explanation(bootstrap, n, &systems[0].name),
-        signatures_block(&sigs)
-    ))
 }

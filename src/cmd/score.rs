@@ -5,12 +5,13 @@
 //! `</s>`; with `--per-token`, a tab and then the log-probability of every target token.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use rdrop_seq2seq::generate;
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
+use rdrop_text::{read_lines, LineRules};
 
 use super::translate::{Progress, Shown};
 
@@ -49,38 +50,6 @@ pub struct Args {
     pub device: String,
 }
 
-fn read_lines(path: &Path) -> anyhow::Result<Vec<String>> {
-    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut r = BufReader::new(f);
-    let mut lines = Vec::new();
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = r
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        if buf.ends_with(b"\n") {
-            buf.pop();
-        }
-        if buf.ends_with(b"\r") {
-            buf.pop();
-        }
-        let s = String::from_utf8(std::mem::take(&mut buf)).map_err(|e| {
-            anyhow::anyhow!(
-                "{} line {} is not valid UTF-8 (invalid byte at column {})",
-                path.display(),
-                lines.len() + 1,
-                e.utf8_error().valid_up_to() + 1
-            )
-        })?;
-        lines.push(s);
-    }
-    Ok(lines)
-}
-
 fn parse_ids(line: &str, eos: u32, vocab: usize, what: &str) -> anyhow::Result<Vec<u32>> {
     let mut ids = Vec::new();
     for w in line.split_whitespace() {
@@ -105,8 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     super::translate::pin_thread_count();
     let device = rdrop_seq2seq::device::parse_device(&args.device)?;
-    let src_lines = read_lines(&args.source)?;
-    let tgt_lines = read_lines(&args.target)?;
+    let src_lines = read_lines(&args.source, LineRules::Plain)?;
+    let tgt_lines = read_lines(&args.target, LineRules::Plain)?;
     if src_lines.len() != tgt_lines.len() {
         bail!(
             "{} has {} lines but {} has {}: sources and targets must pair up line by line",

@@ -7,7 +7,7 @@
 //! line (`nbest` lines with `--nbest N`).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rdrop_seq2seq::generate::{self, GenerateConfig, Hypothesis};
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
+use rdrop_text::LineRules;
 
 /// Lines decoded together at most (sorting window); bounds memory on huge files.
 const CHUNK_LINES: usize = 20_000;
@@ -85,51 +86,26 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-/// One input line as read: its 1-based number and text, or why it is not text.
+/// One input line: its 1-based number and text.
 struct Line {
     no: usize,
-    text: std::result::Result<String, String>,
+    text: String,
 }
 
-enum Event {
-    Line(Line),
-    ReadError(io::Error),
-}
-
-fn spawn_reader(reader: Box<dyn Read + Send>, bound: usize) -> mpsc::Receiver<Event> {
+/// Reads `reader` on a thread of its own, so decoding starts while input is still arriving. A line
+/// that is not UTF-8, or a failed read, is the last item that matters: input stops there.
+fn spawn_reader(
+    reader: Box<dyn Read + Send>,
+    name: String,
+    bound: usize,
+) -> mpsc::Receiver<Result<Line, rdrop_text::Error>> {
     let (tx, rx) = mpsc::sync_channel(bound);
     std::thread::spawn(move || {
-        let mut r = BufReader::with_capacity(1 << 16, reader);
-        let mut buf = Vec::new();
-        let mut no = 0usize;
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) => return,
-                Ok(_) => {
-                    no += 1;
-                    let mut end = buf.len();
-                    if buf[..end].ends_with(b"\n") {
-                        end -= 1;
-                    }
-                    if buf[..end].ends_with(b"\r") {
-                        end -= 1;
-                    }
-                    let text = match std::str::from_utf8(&buf[..end]) {
-                        Ok(s) => Ok(s.to_string()),
-                        Err(e) => Err(format!(
-                            "input line {no} is not valid UTF-8 (invalid byte at column {})",
-                            e.valid_up_to() + 1
-                        )),
-                    };
-                    if tx.send(Event::Line(Line { no, text })).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Event::ReadError(e));
-                    return;
-                }
+        for (i, item) in rdrop_text::Lines::new(reader, name, LineRules::Plain).enumerate() {
+            let stop = item.is_err();
+            let line = item.map(|text| Line { no: i + 1, text });
+            if tx.send(line).is_err() || stop {
+                return;
             }
         }
     });
@@ -314,7 +290,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let streaming = args.input.is_none();
-    let rx = spawn_reader(reader, CHUNK_LINES);
+    let name = args
+        .input
+        .as_ref()
+        .map_or_else(|| "<stdin>".to_owned(), |p| p.display().to_string());
+    let rx = spawn_reader(reader, name, CHUNK_LINES);
     // Translations on the terminal the bar is drawn on are written with the bar lifted, or the
     // two would tear each other's lines.
     let out_is_tty = args.output.is_none() && io::stdout().is_terminal();
@@ -332,35 +312,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     loop {
         // Gather a chunk: block for the first line, then take what is there (stdin) or fill up (file).
         let mut chunk: Vec<Line> = Vec::new();
-        let mut read_error = None;
+        // Lines before a bad one or a failed read are still translated and written.
+        let mut failure = None;
         match rx.recv() {
-            Ok(Event::Line(l)) => chunk.push(l),
-            Ok(Event::ReadError(e)) => read_error = Some(e),
+            Ok(Ok(l)) => chunk.push(l),
+            Ok(Err(e)) => failure = Some(e),
             Err(_) => break,
         }
-        while read_error.is_none() && chunk.len() < CHUNK_LINES {
-            let ev = if streaming {
+        while failure.is_none() && chunk.len() < CHUNK_LINES {
+            let item = if streaming {
                 match rx.try_recv() {
-                    Ok(ev) => ev,
+                    Ok(item) => item,
                     Err(_) => break,
                 }
             } else {
                 match rx.recv() {
-                    Ok(ev) => ev,
+                    Ok(item) => item,
                     Err(_) => break,
                 }
             };
-            match ev {
-                Event::Line(l) => chunk.push(l),
-                Event::ReadError(e) => read_error = Some(e),
+            match item {
+                Ok(l) => chunk.push(l),
+                Err(e) => failure = Some(e),
             }
         }
-        // Lines before a bad one are still translated and written.
-        let bad = chunk.iter().position(|l| l.text.is_err());
-        let good = &chunk[..bad.unwrap_or(chunk.len())];
-        let mut srcs: Vec<Option<Vec<u32>>> = Vec::with_capacity(good.len());
-        for l in good {
-            let text = l.text.as_deref().unwrap_or("");
+        let mut srcs: Vec<Option<Vec<u32>>> = Vec::with_capacity(chunk.len());
+        for l in &chunk {
+            let text = l.text.as_str();
             if text.trim().is_empty() {
                 srcs.push(None);
                 continue;
@@ -413,15 +391,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         } else {
             write_chunk(&mut out, &mut n_sent)?;
         }
-        if let Some(i) = bad {
+        if let Some(e) = failure {
             out.flush()?;
-            if let Err(msg) = &chunk[i].text {
-                bail!("{msg}");
-            }
-        }
-        if let Some(e) = read_error {
-            out.flush()?;
-            return Err(anyhow::Error::new(e).context("reading the input"));
+            return Err(e.into());
         }
     }
     out.flush()?;

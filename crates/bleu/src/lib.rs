@@ -7,6 +7,8 @@
 //! references and chrF's whitespace handling follow sacreBLEU line by line, so every score carries
 //! a sacreBLEU signature whose `version:2.6.0` names the release that gives the same numbers.
 //! Segments are scored in parallel; n-grams are counted over per-segment token ids.
+//! [`evaluation`] computes what sacreBLEU's command line prints (one system, several, paired
+//! tests) and [`report`] prints it; [`text`] reads files by sacreBLEU's rules.
 //!
 //! ```
 //! use rdrop_bleu::{Bleu, BleuConfig, Metric};
@@ -22,6 +24,7 @@
 
 mod bleu;
 mod chrf;
+pub mod evaluation;
 mod metric;
 mod ngram;
 pub mod report;
@@ -37,23 +40,23 @@ pub use tokenize::{is_zh_char, Tokenizer};
 /// Errors from reading text and configuring metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file (or standard input) could not be read.
-    #[error("cannot read {path}")]
-    Io {
-        /// The file.
-        path: String,
-        /// The underlying error: the error's `source`, so printing the chain says it once.
-        source: std::io::Error,
-    },
-    /// A line is not valid UTF-8.
-    #[error("{path}:{line}: invalid UTF-8 at byte {column} of the line")]
-    InvalidUtf8 {
-        /// The file.
-        path: String,
-        /// 1-based line number.
-        line: usize,
-        /// 1-based byte offset of the first invalid byte within the line.
-        column: usize,
+    /// A file (or standard input) could not be read, or a line of it is not UTF-8.
+    #[error(transparent)]
+    Text(#[from] rdrop_text::Error),
+    /// A system has no hypotheses.
+    #[error("{0} contains no lines: nothing to score")]
+    EmptySystem(String),
+    /// A system and a reference stream differ in length.
+    #[error("{system} has {system_lines} lines but {reference} has {reference_lines}: hypotheses and references must be aligned line by line")]
+    Misaligned {
+        /// Where the hypotheses came from.
+        system: String,
+        /// How many there are.
+        system_lines: usize,
+        /// The reference stream.
+        reference: String,
+        /// Its length.
+        reference_lines: usize,
     },
     /// A line has the wrong number of tab-separated fields.
     #[error("{path}:{line}: expected {expected} tab-separated fields, found {found}")]
@@ -97,4 +100,10 @@ pub enum Error {
     /// An option value that cannot work.
     #[error("invalid option: {0}")]
     InvalidOption(String),
+}
+
+impl From<rdrop_text::InvalidUtf8> for Error {
+    fn from(e: rdrop_text::InvalidUtf8) -> Self {
+        Error::Text(e.into())
+    }
 }

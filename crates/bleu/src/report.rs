@@ -1,8 +1,11 @@
-//! sacreBLEU's output formats: score lines, JSON objects, and the multi-system table.
+//! sacreBLEU's output formats: score lines, JSON objects, the several-system and paired-test tables.
+//! Only text is assembled here; the scores come from [`crate::evaluation`].
 
 use serde_json::Value;
 
+use crate::evaluation::{Column, PairedMethod};
 use crate::metric::Report;
+use crate::significance::PairedResult;
 
 /// A JSON object that keeps its keys in insertion order, as Python's dicts do.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -389,4 +392,143 @@ pub fn signatures_block(sigs: &[(String, String)]) -> String {
         s.push_str(&format!(" - {name:<10} {sig}\n"));
     }
     s
+}
+
+/// The cells of a table: the system names, then one column of cells per metric.
+fn table_rows(systems: &[String], columns: &[Vec<String>]) -> Vec<Vec<String>> {
+    systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            std::iter::once(s.clone())
+                .chain(columns.iter().map(|c| c[i].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Each system's scores in `width` decimals, as several-system output shows them.
+fn score_cells(c: &Column<Report>, width: usize) -> Vec<String> {
+    c.results
+        .iter()
+        .map(|r| format_score(r, width, true, "", false, None))
+        .collect()
+}
+
+/// sacreBLEU's table of several systems, one column per metric, then the signatures.
+pub fn systems_table(
+    systems: &[String],
+    columns: &[Column<Report>],
+    width: usize,
+    short: bool,
+) -> String {
+    let mut headers = vec!["System".to_owned()];
+    headers.extend(columns.iter().map(|c| c.metric.clone()));
+    let cells: Vec<Vec<String>> = columns.iter().map(|c| score_cells(c, width)).collect();
+    format!(
+        "{}\n{}",
+        fancy_grid(&headers, &table_rows(systems, &cells)),
+        signatures_block(&column_signatures(columns, short))
+    )
+}
+
+/// Several systems as JSON: one object per system, its name then each metric's score as text.
+pub fn systems_json(systems: &[String], columns: &[Column<Report>], width: usize) -> String {
+    system_objects(systems, columns, |o, c, i| {
+        o.insert(
+            c.metric.clone(),
+            format_score(&c.results[i], width, true, "", false, None),
+        );
+    })
+}
+
+/// sacreBLEU's paired-test table: each score (with the bootstrap mean and interval), each system's
+/// p-value under it (`*` where p <= 0.05), then the explanation and the signatures.
+pub fn paired_table(
+    systems: &[String],
+    columns: &[Column<PairedResult>],
+    method: PairedMethod,
+    samples: usize,
+    width: usize,
+    short: bool,
+) -> String {
+    let w = width;
+    let mut headers = vec!["System".to_owned()];
+    let mut is_bootstrap = false;
+    let mut cells = Vec::new();
+    for c in columns {
+        let col: Vec<String> = c
+            .results
+            .iter()
+            .map(|r| {
+                let mut s = format!("{:.w$}", r.score);
+                if let (Some(mean), Some(ci)) = (r.mean, r.ci) {
+                    is_bootstrap = true;
+                    s.push_str(&format!(" ({mean:.w$} ± {ci:.w$})"));
+                }
+                if let Some(p) = r.p_value {
+                    s.push_str(&format!("\n(p = {p:.4})"));
+                    if p <= 0.05 {
+                        s.push('*');
+                    }
+                }
+                s
+            })
+            .collect();
+        headers.push(if is_bootstrap {
+            format!("{} (μ ± 95% CI)", c.metric)
+        } else {
+            c.metric.clone()
+        });
+        cells.push(col);
+    }
+    let baseline = systems.first().map_or("", String::as_str);
+    format!(
+        "{}\n{}{}",
+        fancy_grid(&headers, &table_rows(systems, &cells)),
+        paired_explanation(method == PairedMethod::Bootstrap, samples, baseline),
+        signatures_block(&column_signatures(columns, short))
+    )
+}
+
+/// Paired tests as JSON: per system, per metric, `score`, `p_value`, `mean` and `ci`.
+pub fn paired_json(systems: &[String], columns: &[Column<PairedResult>]) -> String {
+    system_objects(systems, columns, |o, c, i| {
+        let r = &c.results[i];
+        let mut d = Object::default();
+        d.insert("score", r.score);
+        d.insert("p_value", r.p_value);
+        d.insert("mean", r.mean);
+        d.insert("ci", r.ci);
+        o.insert_object(c.metric.clone(), d);
+    })
+}
+
+/// One JSON object per system, its name first, then what `cell` adds for each column.
+fn system_objects<T>(
+    systems: &[String],
+    columns: &[Column<T>],
+    cell: impl Fn(&mut Object, &Column<T>, usize),
+) -> String {
+    let rows: Vec<Object> = systems
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut o = Object::default();
+            o.insert("system", s.clone());
+            for c in columns {
+                cell(&mut o, c, i);
+            }
+            o
+        })
+        .collect();
+    python_json_objects(&rows, 4, true) + "\n"
+}
+
+/// Each metric's name and signature, for [`signatures_block`].
+fn column_signatures<T>(columns: &[Column<T>], short: bool) -> Vec<(String, String)> {
+    columns
+        .iter()
+        .map(|c| (c.metric.clone(), c.signature.format(short)))
+        .collect()
 }

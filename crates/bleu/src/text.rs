@@ -3,6 +3,8 @@
 use std::io::Read;
 use std::path::Path;
 
+use rdrop_text::LineRules;
+
 use crate::Error;
 
 /// Python's `str.isspace()`: Unicode White_Space plus the four ASCII separators U+001C..U+001F.
@@ -105,35 +107,13 @@ pub fn py_lower(s: &str) -> std::borrow::Cow<'_, str> {
 /// a final newline does not start an extra line, `\r` stays in the line, a BOM stays a character.
 /// `name` is used in error messages (a path, or `<stdin>`).
 pub fn split_lines(bytes: &[u8], name: &str) -> Result<Vec<String>, Error> {
-    let mut lines = Vec::new();
-    if bytes.is_empty() {
-        return Ok(lines);
-    }
-    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        match std::str::from_utf8(raw) {
-            Ok(s) => lines.push(s.to_owned()),
-            Err(e) => {
-                return Err(Error::InvalidUtf8 {
-                    path: name.to_owned(),
-                    line: i + 1,
-                    column: e.valid_up_to() + 1,
-                })
-            }
-        }
-    }
-    Ok(lines)
+    Ok(rdrop_text::split_lines(bytes, name, LineRules::SacreBleu)?)
 }
 
 /// Reads a file as sacreBLEU's CLI reads references and `-i` inputs: lines split on `\n`, each
 /// stripped of trailing whitespace (which also removes a `\r` from CRLF files).
 pub fn read_lines(path: &Path) -> Result<Vec<String>, Error> {
-    let name = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let mut lines = split_lines(&bytes, &name)?;
+    let mut lines = rdrop_text::read_lines(path, LineRules::SacreBleu)?;
     for l in &mut lines {
         let keep = py_rstrip(l).len();
         l.truncate(keep);
@@ -145,10 +125,12 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>, Error> {
 /// newlines, the field count fixed by the first line (an empty input is one empty line).
 pub fn read_systems_from(mut input: impl Read, name: &str) -> Result<Vec<Vec<String>>, Error> {
     let mut bytes = Vec::new();
-    input.read_to_end(&mut bytes).map_err(|source| Error::Io {
-        path: name.to_owned(),
-        source,
-    })?;
+    input
+        .read_to_end(&mut bytes)
+        .map_err(|source| rdrop_text::Error::Io {
+            path: name.to_owned(),
+            source,
+        })?;
     // Python's universal newlines: \r\n and lone \r end lines too.
     let mut norm = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rdrop_text::LineRules;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -69,34 +70,12 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Splits a file into UTF-8 lines (LF, with an optional CR before it); a final newline does not
-/// start an extra line. Invalid UTF-8 is an error naming the file and the 1-based line.
+/// A corpus file as lines, read as every rdrop command reads text ([`LineRules::Plain`]: LF or
+/// CRLF, a leading byte-order mark dropped); invalid UTF-8 names the file, line and column.
 pub fn read_lines(path: &Path) -> Result<Vec<String>> {
     let bytes = read_bytes(path)?;
-    let mut body: &[u8] = &bytes;
-    if body.last() == Some(&b'\n') {
-        body = &body[..body.len() - 1];
-    }
-    if bytes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let mut s = std::str::from_utf8(raw)
-            .map_err(|e| Error::InvalidUtf8 {
-                path: path.to_path_buf(),
-                line: i + 1,
-                offset: e.valid_up_to(),
-            })?
-            .to_string();
-        // A byte-order mark at the start of a file is not part of the first sentence.
-        if i == 0 && s.starts_with('\u{feff}') {
-            s.remove(0);
-        }
-        out.push(s);
-    }
-    Ok(out)
+    let name = path.display().to_string();
+    Ok(rdrop_text::split_lines(&bytes, &name, LineRules::Plain)?)
 }
 
 /// Reads one split as configured in the data section; `split` ("train"/"valid") names it in errors.

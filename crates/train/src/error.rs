@@ -28,12 +28,8 @@ pub enum Error {
         target_lines: usize,
     },
     /// A line of a corpus is not valid UTF-8.
-    #[error("{}:{line}: invalid UTF-8 (byte offset {offset} in the line)", path.display())]
-    InvalidUtf8 {
-        path: PathBuf,
-        line: usize,
-        offset: usize,
-    },
+    #[error(transparent)]
+    InvalidUtf8(#[from] rdrop_text::InvalidUtf8),
     /// A TSV or JSONL line lacks a column or field, or is not valid JSON.
     #[error("{}:{line}: {message}", path.display())]
     BadLine {
