@@ -25,6 +25,10 @@
 #     target tokens of the original (undoubled) batch per second; peak GPU memory from torch's
 #     allocator and, for both, from nvidia-smi sampled every 100 ms (minus the idle reading).
 #     rdrop bf16 runs only if the recipe accepts `training.precision = "bf16"`.
+#     Then where the time goes: torch's --phase-steps and a short `rdrop train --profile-phases` run
+#     each time batch, forward, loss, backward and optimizer with a device sync after each (phase_ms).
+# 2b. with NCU=1 (and ncu on PATH), GPU time per kernel over 2 training steps of each (ncu-*.csv and
+#     the top 25 kernels in gpu-check.json); ncu replays each kernel, so this adds minutes.
 #  3. `rdrop translate --device cuda --token-ids` throughput: 1024 sources of 20 random ids, exactly
 #     32 new tokens each (min = max), greedy and beam 4, whole-process wall time.
 #
@@ -177,7 +181,7 @@ if [ -f "$model/config.json" ]; then
     rm -f "$W/torch.jsonl"
     smi_peak stage 150 "$PY" scripts/cuda/bench_train_cuda.py --model-dir "$model" --mode rdrop \
       --precision $prec --batch $B --src-len $L --tgt-len $L --min-frac $MINF --steps $STEPS \
-      --warmup $WARM --json-out "$W/torch.jsonl"
+      --warmup $WARM --phase-steps 10 --json-out "$W/torch.jsonl"
     if [ -s "$W/torch.jsonl" ]; then
       result train_torch_$prec "$("$PY" -c 'import json,sys; r=json.loads(open(sys.argv[1]).read()); r["peak_gpu_smi_mib"]=json.loads(open(sys.argv[2]).read()); print(json.dumps(r))' "$W/torch.jsonl" "$W/peak")"
       say "  torch $prec: $(cut -c1-400 "$W/torch.jsonl")"
@@ -246,6 +250,36 @@ EOF
     else
       say "  rdrop $prec: no metrics (rc $rc); see the log"
       result train_rdrop_$prec "{\"rc\":$rc}"
+    fi
+    # Where an update's time goes: a short run synchronised after each phase (slower, so apart
+    # from the throughput run), beside torch's phase_ms from the same batches.
+    rm -rf "$W/rdrop-run"
+    stage 150 "$rdrop" train "$W/bench.toml" --device cuda --quiet --profile-phases "${set_prec[@]}" \
+      --set "training.max_updates=$((2 * WARM + 10))" --set "training.log_every=$((WARM + 5))"
+    if [ -f "$W/rdrop-run/metrics.jsonl" ]; then
+      r=$("$PY" scripts/cuda/gpu_check_util.py rdrop-train "$W/rdrop-run/metrics.jsonl")
+      result phases_rdrop_$prec "$r"
+      say "  rdrop $prec phases: $r"
+    fi
+  done
+fi
+
+# --- 2b. per-kernel profile (NCU=1; ncu serialises and replays kernels: minutes) -------------------
+if [ "${NCU:-0}" = 1 ] && command -v ncu >/dev/null && [ -f "$W/bench.toml" ]; then
+  say "stage 2b: per-kernel GPU time (ncu), 2 training steps each"
+  ncu_args=(--csv --metrics gpu__time_duration.sum --launch-count "${NCU_KERNELS:-4000}")
+  rm -rf "$W/rdrop-run"
+  stage 240 ncu "${ncu_args[@]}" --log-file "$W/ncu-rdrop.csv" "$rdrop" train "$W/bench.toml" \
+    --device cuda --quiet --set training.max_updates=2
+  stage 240 ncu "${ncu_args[@]}" --log-file "$W/ncu-torch.csv" "$PY" scripts/cuda/bench_train_cuda.py \
+    --model-dir "$model" --mode rdrop --precision f32 --batch $B --src-len $L --tgt-len $L \
+    --min-frac $MINF --steps 2 --warmup 0
+  for impl in rdrop torch; do
+    if [ -s "$W/ncu-$impl.csv" ]; then
+      cp "$W/ncu-$impl.csv" "$OUT/"
+      r=$("$PY" scripts/cuda/gpu_check_util.py ncu-top "$W/ncu-$impl.csv" 25)
+      result ncu_$impl "$r"
+      say "  ncu $impl: $(echo "$r" | cut -c1-300)"
     fi
   done
 fi

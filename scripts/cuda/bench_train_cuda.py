@@ -13,6 +13,9 @@ count), run by scripts/gpu-check.sh on the same GPU and in the same call as `rdr
                     log-softmax, CE and KL are computed from logits cast to f32
 
 Step = zero_grad + forward + loss + backward + AdamW.step, timed with torch.cuda.synchronize().
+--phase-steps N: after the timed steps, N more steps synchronised after each phase (batch to the
+device, forward, loss, backward, optimizer), as `rdrop train --profile-phases` times its own; the
+medians in ms go into "phase_ms" (the throughput numbers come from the unsynchronised steps only).
 tokens/s = non-pad target tokens (incl. EOS) of the ORIGINAL B rows / median step time.
 Peak memory = torch.cuda.max_memory_allocated() (tensors) and max_memory_reserved() (allocator pool).
 
@@ -68,6 +71,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu to smoke-test this script without a GPU")
     ap.add_argument("--json-out", default=None, help="append the result JSON line here")
+    ap.add_argument("--phase-steps", type=int, default=0, help="extra steps timed per phase (0: none)")
     a = ap.parse_args()
 
     import torch
@@ -98,14 +102,16 @@ def main():
     eps, alpha, B = a.label_smoothing, a.alpha, a.batch
     amp = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=a.precision == "bf16")
 
-    def step(b):
+    def step(b, lap=lambda phase: None):
         opt.zero_grad(set_to_none=True)
         ids, am, dec, lab = (b[k].to(dev, non_blocking=True) for k in
                              ("input_ids", "attention_mask", "decoder_input_ids", "labels"))
         if a.mode == "rdrop":
             ids, am, dec, lab = (torch.cat([t, t], 0) for t in (ids, am, dec, lab))
+        lap("batch")
         with amp:
             logits = model(input_ids=ids, attention_mask=am, decoder_input_ids=dec, use_cache=False).logits
+        lap("forward")
         lp = torch.log_softmax(logits.float(), dim=-1)
         maskf = (lab != pad).to(lp.dtype)
         nll = -lp.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
@@ -118,8 +124,11 @@ def main():
             m1 = maskf[:B]
             kl = (kl_tok * m1).sum() / m1.sum()
             loss = ce + alpha * kl
+        lap("loss")
         loss.backward()
+        lap("backward")
         opt.step()
+        lap("optimizer")
         return loss, ce, kl
 
     sync()
@@ -135,6 +144,19 @@ def main():
             times.append(dt)
         if i == 0 or i == len(batches) - 1:
             losses.append([round(x.item(), 4) for x in out])
+    phases = {k: [] for k in ("batch", "forward", "loss", "backward", "optimizer")}
+    for i in range(a.phase_steps):
+        clock = [None]
+
+        def lap(phase):
+            sync()
+            now = time.perf_counter()
+            phases[phase].append((now - clock[0]) * 1e3)
+            clock[0] = now
+
+        sync()
+        clock[0] = time.perf_counter()
+        step(batches[a.warmup + i % a.steps], lap)
     med = statistics.median(times)
     n_tgt = statistics.mean(b["n_tgt"] for b in batches[a.warmup:])
     n_src = statistics.mean(b["n_src"] for b in batches[a.warmup:])
@@ -151,6 +173,8 @@ def main():
         peak_gpu_allocated_mib=round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None,
         peak_gpu_reserved_mib=round(torch.cuda.max_memory_reserved() / 2**20, 1) if gpu else None,
         first_last_loss_ce_kl=losses,
+        phase_ms={k: round(statistics.median(v), 3) for k, v in phases.items()} if a.phase_steps else None,
+        phase_steps=a.phase_steps,
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
     )
     line = json.dumps(res)

@@ -10,7 +10,11 @@
   peak    SAMPLES_FILE
           Prints the peak of an `nvidia-smi --query-gpu=memory.used -lms` log, minus its first sample.
   rdrop-train METRICS_JSONL
-          Summarises rdrop's metrics.jsonl: median tokens/s and step time over the windows after the first.
+          Summarises rdrop's metrics.jsonl: median tokens/s and step time over the windows after the
+          first, and the median of each phase's ms per update where the run had --profile-phases.
+  ncu-top CSV N
+          The N kernels with the most GPU time in an `ncu --csv --metrics gpu__time_duration.sum`
+          log: name, launches, total and mean µs, share of the profiled time.
   summary WORK_DIR OUT_JSON
           Collects every *.json fragment the check wrote under WORK_DIR/results into one JSON.
 """
@@ -89,6 +93,33 @@ def rdrop_train(path):
                                      / max(1, recs[-1]["update"] - recs[0]["update"]), 1),
         "first_last_loss": [recs[0].get("loss"), recs[-1].get("loss")],
         "first_last_kl": [recs[0].get("kl"), recs[-1].get("kl")],
+        "phase_ms": {k: round(statistics.median(r["phase_ms"][k] for r in steady), 3)
+                     for k in steady[0]["phase_ms"]} if "phase_ms" in steady[0] else None,
+    }))
+
+
+def ncu_top(path, n):
+    import csv
+    rows = []
+    with open(path, newline="") as f:
+        lines = [l for l in f if l.startswith('"')]  # ncu prints its own progress lines too
+    for r in csv.DictReader(lines):
+        if r.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        v = float(r["Metric Value"].replace(",", ""))
+        unit = r.get("Metric Unit", "nsecond")
+        ns = v * {"nsecond": 1, "usecond": 1e3, "msecond": 1e6, "second": 1e9}.get(unit, 1)
+        rows.append((r["Kernel Name"], ns))
+    total = sum(ns for _, ns in rows) or 1
+    by = {}
+    for name, ns in rows:
+        c, t = by.get(name, (0, 0.0))
+        by[name] = (c + 1, t + ns)
+    top = sorted(by.items(), key=lambda kv: -kv[1][1])[: int(n)]
+    print(json.dumps({
+        "kernels_profiled": len(rows), "gpu_time_us": round(total / 1e3, 1),
+        "top": [{"kernel": k[:120], "launches": c, "total_us": round(t / 1e3, 1),
+                 "mean_us": round(t / c / 1e3, 2), "share": round(t / total, 4)} for k, (c, t) in top],
     }))
 
 
@@ -115,7 +146,8 @@ def summary(work, out):
 
 
 if __name__ == "__main__":
-    cmds = {"corpus": corpus, "ids": ids, "peak": peak, "rdrop-train": rdrop_train, "summary": summary}
+    cmds = {"corpus": corpus, "ids": ids, "peak": peak, "rdrop-train": rdrop_train, "ncu-top": ncu_top,
+            "summary": summary}
     if len(sys.argv) < 2 or sys.argv[1] not in cmds:
         raise SystemExit(__doc__)
     cmds[sys.argv[1]](*sys.argv[2:])
