@@ -22,6 +22,8 @@
 //! # Ok::<(), rdrop_bleu::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 mod bleu;
 mod chrf;
 pub mod evaluation;

@@ -77,6 +77,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 mod batch;
 mod criterion;
 mod error;

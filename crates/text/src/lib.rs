@@ -16,6 +16,8 @@
 //! # Ok::<(), rdrop_text::InvalidUtf8>(())
 //! ```
 
+#![deny(missing_docs)]
+
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 

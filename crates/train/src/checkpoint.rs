@@ -20,7 +20,9 @@ pub const FAULT_ENV: &str = "RDROP_FAULT_SAVE";
 
 /// File names inside a checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// AdamW moments and step count ([`crate::optim::AdamW::save`]).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The run's recipe, every value spelled out; `--resume` checks the model and data against it.
 pub const RECIPE_FILE: &str = "recipe.toml";
 
 /// Progress of a run: everything besides tensors that resuming needs.
@@ -30,6 +32,7 @@ pub struct TrainerState {
     pub update: u64,
     /// Current epoch (0-based) and the index of the next batch in its plan.
     pub epoch: u64,
+    /// Index of the next batch within the current epoch's plan.
     pub next_batch: usize,
     /// The data shuffler's seed (the epoch plan is a function of seed and epoch).
     pub shuffle_seed: u64,
@@ -37,11 +40,13 @@ pub struct TrainerState {
     pub dropout_rng: Option<rdrop_seq2seq::dropout::RngState>,
     /// Validation BLEU of the best checkpoint so far (by `validation.best_by`) and its update.
     pub best_bleu: Option<f64>,
+    /// Update at which the best checkpoint was saved.
     pub best_update: Option<u64>,
     /// Validations since the best BLEU improved (early stopping).
     pub bad_validations: u64,
     /// Updates skipped for a NaN/inf loss: in total and in a row.
     pub nan_total: u64,
+    /// Updates skipped in a row just now (reset by a finite update).
     pub nan_consecutive: u64,
     /// Target tokens trained on (original batch, before R-Drop's duplication).
     pub tokens_seen: u64,

@@ -14,15 +14,20 @@ use std::path::{Path, PathBuf};
 /// One sentence pair as read, with the 1-based line it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawPair {
+    /// Source-language sentence.
     pub source: String,
+    /// Target-language sentence.
     pub target: String,
+    /// 1-based line in the file it was read from (for error messages).
     pub line: usize,
 }
 
 /// A tokenised pair (`</s>` included on both sides).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
+    /// Source token ids.
     pub source: Vec<u32>,
+    /// Target token ids: the labels; the decoder input is them shifted right after the start token.
     pub target: Vec<u32>,
 }
 

@@ -25,9 +25,13 @@ pub const SIZES: Sizes = Sizes {
 /// Result of the embedded run.
 #[derive(Debug, Clone)]
 pub struct Report {
+    /// Test-split BLEU (0–100) of the seeded, untrained model; NaN when the run was resumed.
     pub bleu_before: f64,
+    /// Test-split BLEU (0–100) of the trained model (its `best/` checkpoint, else the last).
     pub bleu_after: f64,
+    /// Size of the test split.
     pub test_sentences: usize,
+    /// What the training run reported.
     pub summary: trainer::Summary,
     /// A few (source, reference, hypothesis) triples from the test split.
     pub examples: Vec<(String, String, String)>,

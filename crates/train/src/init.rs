@@ -11,10 +11,13 @@ use std::collections::HashMap;
 /// How one parameter is initialised.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum InitKind {
+    /// Normal(0, `init_std`) (weight matrices).
     Normal,
     /// Normal, with the pad row set to zero (token embeddings).
     Embedding,
+    /// Zero (biases, layer-norm biases).
     Zeros,
+    /// One (layer-norm weights).
     Ones,
     /// Computed by the model (sinusoidal positions): left alone.
     Keep,

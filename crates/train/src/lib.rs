@@ -16,6 +16,8 @@
 //! assert_eq!(r.optimizer.beta2, 0.98); // a default
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod average;
 pub mod checkpoint;
 pub mod data;

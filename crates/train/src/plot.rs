@@ -19,7 +19,9 @@ pub enum XAxis {
 
 /// One run's records, with the name its legend shows.
 pub struct Run {
+    /// Legend label: the run folder's name.
     pub name: String,
+    /// The parsed lines of its `metrics.jsonl` (unparsable lines left out).
     pub records: Vec<serde_json::Value>,
 }
 

@@ -12,9 +12,11 @@ pub struct RunData {
     pub train: Vec<Example>,
     /// The validation examples and, in the same order, their reference translations.
     pub valid: Vec<Example>,
+    /// Reference translations (untokenised target text) of `valid`, for BLEU and chrF.
     pub valid_refs: Vec<String>,
     /// What happened to every training and validation pair.
     pub train_stats: DataStats,
+    /// What happened to every validation pair.
     pub valid_stats: DataStats,
 }
 

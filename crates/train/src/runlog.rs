@@ -198,10 +198,16 @@ impl Window {
 /// the criterion, backward (with gradient accumulation) and the optimiser (scaling, clipping, step).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Phases {
+    /// Making the batch and seeding dropout. Every field is seconds summed over a window, or ms
+    /// per update after [`Phases::per_update_ms`].
     pub batch: f64,
+    /// The model's forward pass (both copies with R-Drop).
     pub forward: f64,
+    /// The criterion on the logits.
     pub loss: f64,
+    /// Backward and adding the gradients into the accumulated ones.
     pub backward: f64,
+    /// Gradient scaling and clipping, the learning rate and the AdamW step.
     pub optimizer: f64,
 }
 

@@ -18,11 +18,17 @@ use std::path::{Path, PathBuf};
 
 /// The pieces of a live run.
 pub struct Session {
+    /// The recipe the session was built from.
     pub recipe: Recipe,
+    /// Where the model's tensors live and compute (the recipe's `device`).
     pub device: Device,
+    /// Model config: a pretrained or checkpoint one with the recipe's dropout, or `model.arch`.
     pub cfg: Config,
+    /// The model's trainable variables: what AdamW updates and checkpoints save.
     pub varmap: VarMap,
+    /// The model built on `varmap` (f32).
     pub model: MarianModel,
+    /// The tokenizer: the model's own, a checkpoint's, or one trained on the training data.
     pub tokenizer: MarianTokenizer,
     /// Things the user should hear about that do not stop the run (e.g. a smaller vocabulary).
     pub warnings: Vec<String>,

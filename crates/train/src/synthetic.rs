@@ -284,8 +284,11 @@ pub fn sentence_pair(rng: &mut ChaCha8Rng) -> (String, String) {
 /// Sizes of the generated splits.
 #[derive(Debug, Clone, Copy)]
 pub struct Sizes {
+    /// Training pairs.
     pub train: usize,
+    /// Validation pairs.
     pub valid: usize,
+    /// Held-out test pairs (the embedded run's BLEU before/after).
     pub test: usize,
 }
 

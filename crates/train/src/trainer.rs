@@ -51,21 +51,32 @@ pub struct RunOptions {
 /// What a finished run reports.
 #[derive(Debug, Clone)]
 pub struct Summary {
+    /// Optimiser updates taken in total (NaN/inf updates skipped are not counted).
     pub updates: u64,
+    /// The state's epoch counter at the end: the epoch (0-based) the run stopped in, or
+    /// `training.max_epochs` when that limit ended it.
     pub epochs: u64,
     /// Validation BLEU of the best checkpoint (if BLEU was computed).
     pub best_bleu: Option<f64>,
     /// The metric that chose `best/`, its value there and the update.
     pub best_by: ValidMetric,
+    /// The `best_by` metric's value at `best/` (none if no validation ran).
     pub best_value: Option<f64>,
+    /// The update `best/` was saved at.
     pub best_update: Option<u64>,
     /// `<output_dir>/best` if a validation chose one, else the last checkpoint.
     pub best_dir: PathBuf,
+    /// The checkpoint holding the run's final state.
     pub last_dir: PathBuf,
+    /// What happened to every training pair.
     pub train_stats: DataStats,
+    /// What happened to every validation pair.
     pub valid_stats: DataStats,
+    /// Updates skipped for a NaN/inf loss.
     pub nan_skipped: u64,
+    /// Whether patience (`validation.patience`) ended the run before its budget.
     pub stopped_early: bool,
+    /// The last validation, if the run validated.
     pub last_valid: Option<Validation>,
 }
 
@@ -96,7 +107,10 @@ pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
 /// What one [`Trainer::step`] did.
 pub enum Step {
     /// The optimiser stepped; `epoch_ended` if a new epoch began during the update.
-    Updated { epoch_ended: bool },
+    Updated {
+        /// A new epoch began during the update.
+        epoch_ended: bool,
+    },
     /// The loss was NaN/inf: nothing was stepped (within the recipe's `nan` limits).
     Skipped,
     /// The epoch limit was reached before the update had a batch.

@@ -16,10 +16,13 @@ pub struct Validation {
     pub loss: f64,
     /// Plain NLL per target token.
     pub nll: f64,
+    /// Corpus BLEU (0–100), when `bleu` is among the metrics and the set is not empty.
     pub bleu: Option<f64>,
+    /// Corpus chrF (0–100), when `chrf` is among the metrics and the set is not empty.
     pub chrf: Option<f64>,
     /// Mean per-token symmetric KL between two train-mode passes (`validation.consistency`).
     pub consistency_kl: Option<f64>,
+    /// Validation pairs evaluated.
     pub sentences: usize,
 }
 

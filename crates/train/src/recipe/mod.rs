@@ -18,16 +18,27 @@ pub struct Recipe {
     pub seed: u64,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
+    /// Model source (pretrained or from scratch) and dropout rates.
     pub model: ModelSection,
+    /// Which tokenizer and its vocabulary size.
     pub tokenizer: TokenizerSection,
+    /// Corpus files, format and length filters.
     pub data: DataSection,
+    /// The training loss: R-Drop or label-smoothed CE.
     pub criterion: CriterionSection,
+    /// AdamW hyperparameters and gradient clipping.
     pub optimizer: OptimizerSection,
+    /// Learning-rate warmup and decay.
     pub schedule: ScheduleSection,
+    /// Token-budget batches and gradient accumulation.
     pub batching: BatchingSection,
+    /// Budget (updates, epochs), logging, threads and precision.
     pub training: TrainingSection,
+    /// When and how the model is validated, and early stopping.
     pub validation: ValidationSection,
+    /// How often checkpoints are saved and how many are kept.
     pub checkpoint: CheckpointSection,
+    /// Limits on updates skipped for a NaN/inf loss.
     pub nan: NanSection,
 }
 

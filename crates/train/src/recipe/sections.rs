@@ -89,9 +89,11 @@ pub enum TokenizerKind {
     Unigram,
 }
 
+/// The `[tokenizer]` section: which tokenizer, and the size of one trained on the data.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TokenizerSection {
+    /// Where the tokenizer comes from (default `auto`).
     pub kind: TokenizerKind,
     /// Vocabulary size of a trained tokenizer (special tokens included).
     pub vocab_size: usize,
@@ -122,19 +124,26 @@ pub enum DataFormat {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitSection {
+    /// Source-language file, one sentence per line (`format = "text"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<PathBuf>,
+    /// Target-language file, line-aligned with `source` (`format = "text"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<PathBuf>,
+    /// The single TSV or JSONL file holding both sides (`format = "tsv"` / `"jsonl"`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
 }
 
+/// The `[data]` section: the corpus files, how to read them, and the length filters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataSection {
+    /// How both splits are stored (default `text`).
     pub format: DataFormat,
+    /// The training split.
     pub train: SplitSection,
+    /// The validation split (loss, BLEU/chrF, early stopping).
     pub valid: SplitSection,
     /// Source language code (metadata; the JSONL source field defaults to it).
     pub source_lang: String,
@@ -175,6 +184,7 @@ impl Default for DataSection {
     }
 }
 
+/// The training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CriterionKind {
@@ -184,9 +194,11 @@ pub enum CriterionKind {
     Rdrop,
 }
 
+/// The `[criterion]` section: the training loss and its parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CriterionSection {
+    /// Which loss to train with (default `rdrop`).
     pub kind: CriterionKind,
     /// Label smoothing ε.
     pub label_smoothing: f64,
@@ -210,9 +222,13 @@ impl Default for CriterionSection {
 pub struct OptimizerSection {
     /// Peak learning rate.
     pub lr: f64,
+    /// Decay rate of the first-moment (mean) estimate, in [0, 1).
     pub beta1: f64,
+    /// Decay rate of the second-moment (squared-gradient) estimate, in [0, 1).
     pub beta2: f64,
+    /// Added to the sqrt of the bias-corrected second moment, keeping the step finite.
     pub eps: f64,
+    /// Decoupled weight decay: each step scales weights by `1 - lr · weight_decay` (0 = off).
     pub weight_decay: f64,
     /// Global gradient-norm clipping threshold (0 = off).
     pub clip_norm: f64,
@@ -231,6 +247,7 @@ impl Default for OptimizerSection {
     }
 }
 
+/// The learning-rate curve after the linear warmup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ScheduleKind {
@@ -242,10 +259,13 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// The `[schedule]` section: warmup and the learning-rate curve that follows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScheduleSection {
+    /// The curve after warmup (default `inverse_sqrt`).
     pub kind: ScheduleKind,
+    /// Updates over which the lr rises linearly from `warmup_init_lr` to `optimizer.lr` (0 = none).
     pub warmup_updates: u64,
     /// Learning rate at update 0 of the warmup.
     pub warmup_init_lr: f64,
@@ -271,6 +291,7 @@ pub enum Oversize {
     Error,
 }
 
+/// The `[batching]` section: token-budget batches and gradient accumulation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchingSection {
@@ -292,6 +313,7 @@ impl Default for BatchingSection {
     }
 }
 
+/// The `[training]` section: the run's budget, logging, threads and precision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingSection {
@@ -334,10 +356,13 @@ pub enum Precision {
     Bf16,
 }
 
+/// How validation decodes for BLEU and chrF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DecodeKind {
+    /// Pick the most likely token at each step.
     Greedy,
+    /// Beam search with `validation.beam_size` hypotheses.
     Beam,
 }
 
@@ -346,9 +371,13 @@ pub enum DecodeKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValidMetric {
+    /// Corpus BLEU (sacreBLEU defaults); higher is better.
     Bleu,
+    /// Corpus chrF; higher is better.
     Chrf,
+    /// Label-smoothed CE per target token (the recipe's smoothing), eval mode; lower is better.
     Loss,
+    /// Plain negative log-likelihood per target token, in eval mode; lower is better.
     Nll,
 }
 
@@ -374,6 +403,7 @@ impl ValidMetric {
     }
 }
 
+/// The `[validation]` section: when to validate, what to measure, how to decode, early stopping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ValidationSection {
@@ -387,7 +417,9 @@ pub struct ValidationSection {
     /// The metric that picks `best/` and drives `patience` (default: the first of `metrics`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub best_by: Option<ValidMetric>,
+    /// Greedy or beam decoding for BLEU/chrF (default `greedy`).
     pub decode: DecodeKind,
+    /// Beam width with `decode = "beam"` (must then be positive; ignored by greedy).
     pub beam_size: usize,
     /// Decode at most this many tokens beyond the source length × 1.5.
     pub max_decode_len: usize,
@@ -421,6 +453,7 @@ impl Default for ValidationSection {
     }
 }
 
+/// The `[checkpoint]` section: how often to save and how many saves to keep.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckpointSection {
@@ -443,7 +476,9 @@ impl Default for CheckpointSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NanSection {
+    /// Stop once more than this many updates in a row had a NaN/inf loss.
     pub max_consecutive: u64,
+    /// Stop once more than this many updates in total had a NaN/inf loss.
     pub max_total: u64,
 }
 
