@@ -167,6 +167,7 @@ def main():
         params=sum(p.numel() for p in params), batch=B, rows=B * (2 if a.mode == "rdrop" else 1),
         src_len=a.src_len, tgt_len=a.tgt_len, min_frac=a.min_frac, alpha=alpha if a.mode == "rdrop" else None,
         label_smoothing=eps, adamw=a.adamw, warmup=a.warmup, steps=a.steps,
+        tf32=torch.backends.cuda.matmul.allow_tf32,
         median_step_s=round(med, 5), min_step_s=round(min(times), 5), mean_step_s=round(statistics.mean(times), 5),
         tgt_tokens_per_step=n_tgt, src_tokens_per_step=n_src, tgt_tokens_per_s=round(n_tgt / med, 1),
         sent_per_s=round(B / med, 2),

@@ -342,9 +342,11 @@ pub fn describe(s: &Session, n_params: usize) -> String {
         s.cfg.decoder_layers,
         criterion,
         r.device,
-        match r.training.precision {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16 autocast (f32 weights and optimiser)",
+        match (r.training.precision, s.device.is_cuda()) {
+            // rdrop never enables candle's reduced-precision f32 GEMMs: cuBLAS runs full f32.
+            (Precision::F32, true) => "f32 (TF32 off)",
+            (Precision::F32, false) => "f32",
+            (Precision::Bf16, _) => "bf16 autocast (f32 weights and optimiser)",
         }
     )
 }
