@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model_dir = rdrop_seq2seq::checkpoint::resolve(&args.model)
         .with_context(|| format!("cannot find model `{}`", args.model))?;
     let (cfg, model) =
-        rdrop_seq2seq::checkpoint::load(&args.model, candle_core::DType::F32, &device)
+        rdrop_seq2seq::checkpoint::load_frozen(&args.model, candle_core::DType::F32, &device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
     let max_pos = cfg.max_position_embeddings;
     let tok =

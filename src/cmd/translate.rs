@@ -241,7 +241,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot find model `{}`", args.model))?;
     let cfg = decoding_config(&args, Some(&model_dir))?;
     let (model_cfg, model) =
-        rdrop_seq2seq::checkpoint::load(&args.model, candle_core::DType::F32, &device)
+        rdrop_seq2seq::checkpoint::load_frozen(&args.model, candle_core::DType::F32, &device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
     let max_pos = model_cfg.max_position_embeddings;
     let codec = if args.token_ids {
@@ -557,7 +557,7 @@ fn rates(items: u64, tokens: u64, secs: f64, per: &str) -> String {
 /// has threads; returns hypotheses in input order (empty for empty lines).
 fn translate_chunk(
     pool: &rayon::ThreadPool,
-    model: &rdrop_seq2seq::model::MarianModel,
+    model: &rdrop_seq2seq::InferenceModel,
     srcs: &[Option<Vec<u32>>],
     cfg: &GenerateConfig,
     batch_tokens: usize,

@@ -8,17 +8,17 @@
 //! combining the columns backpropagates correctly.
 //!
 //! Only CPU tensors of f32 or f64 take this path (see [`available`]); everything else uses the
-//! composed ops, which also serve as the cross-check in the tests.
+//! composed ops, which also serve as the cross-check in the tests. Which tensors qualify, reading
+//! them and the float types come from `rdrop-kernels`, shared with the model's kernels.
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Whether `logits` can take the fused path.
-pub(crate) fn available(logits: &Tensor) -> bool {
-    logits.device().is_cpu() && matches!(logits.dtype(), DType::F32 | DType::F64)
-}
+pub(crate) use rdrop_kernels::available;
+use rdrop_kernels::{contiguous, float_dispatch, Float};
+
+const OP: &str = "fused loss";
 
 /// Columns of the single-copy statistics.
 pub(crate) mod single {
@@ -75,11 +75,6 @@ impl TokenStats {
     }
 }
 
-/// The float types the kernels run on: the element maths in `T`, the row sums in f64.
-trait Float: WithDType + num_traits::Float {}
-impl Float for f32 {}
-impl Float for f64 {}
-
 /// Fills `e` with exp(x − max) and returns (log-sum-exp, Σx, Σ exp(x − max)) of the row, sums in f64.
 fn row_exp<T: Float>(row: &[T], e: &mut [T]) -> (f64, f64, f64) {
     let mut max = T::neg_infinity();
@@ -96,14 +91,6 @@ fn row_exp<T: Float>(row: &[T], e: &mut [T]) -> (f64, f64, f64) {
         total += x.to_f64();
     }
     (max.to_f64() + sum.ln(), total, sum)
-}
-
-fn slices<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let data = s.as_slice::<T>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused loss: {what} must be contiguous"),
-    }
 }
 
 /// Checks shapes and returns (rows, vocab, targets).
@@ -258,19 +245,15 @@ impl CustomOp2 for TokenStats {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, v, n) = dims(self, l1, l2)?;
-        let target = slices::<u32>(s2, l2, "target")?;
+        let target = contiguous::<u32>(s2, l2, OP, "target")?;
         let shape = Shape::from((n, self.width()));
-        Ok(match s1 {
-            CpuStorage::F32(_) => {
-                let x = slices::<f32>(s1, l1, "logits")?;
-                (CpuStorage::F32(self.forward(x, target, v, n)), shape)
-            }
-            CpuStorage::F64(_) => {
-                let x = slices::<f64>(s1, l1, "logits")?;
-                (CpuStorage::F64(self.forward(x, target, v, n)), shape)
-            }
-            _ => candle_core::bail!("fused loss: logits must be f32 or f64"),
-        })
+        let out = float_dispatch!(OP, s1, |T| self.forward::<T>(
+            contiguous(s1, l1, OP, "logits")?,
+            target,
+            v,
+            n
+        ));
+        Ok((out, shape))
     }
 
     fn bwd(
@@ -304,31 +287,20 @@ impl CustomOp3 for StatsGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (r, v, n) = dims(&self.0, l1, l2)?;
-        let target = slices::<u32>(s2, l2, "target")?;
+        let target = contiguous::<u32>(s2, l2, OP, "target")?;
         let w = self.0.width();
         if l3.shape().dims() != [n, 2 * w] {
             candle_core::bail!("fused loss gradient: statistics of shape {:?}", l3.shape())
         }
         let shape = Shape::from((r, v));
-        macro_rules! run {
-            ($t:ty, $variant:ident) => {{
-                let x = slices::<$t>(s1, l1, "logits")?;
-                let both = slices::<$t>(s3, l3, "statistics")?;
-                let (stats, grad): (Vec<$t>, Vec<$t>) = (0..n)
-                    .flat_map(|i| {
-                        (0..w).map(move |c| (both[i * 2 * w + c], both[i * 2 * w + w + c]))
-                    })
-                    .unzip();
-                (
-                    CpuStorage::$variant(self.0.backward(x, target, &stats, &grad, v, n)),
-                    shape,
-                )
-            }};
-        }
-        Ok(match s1 {
-            CpuStorage::F32(_) => run!(f32, F32),
-            CpuStorage::F64(_) => run!(f64, F64),
-            _ => candle_core::bail!("fused loss: logits must be f32 or f64"),
-        })
+        let out = float_dispatch!(OP, s1, |T| {
+            let x = contiguous::<T>(s1, l1, OP, "logits")?;
+            let both = contiguous::<T>(s3, l3, OP, "statistics")?;
+            let (stats, grad): (Vec<T>, Vec<T>) = (0..n)
+                .flat_map(|i| (0..w).map(move |c| (both[i * 2 * w + c], both[i * 2 * w + w + c])))
+                .unzip();
+            self.0.backward(x, target, &stats, &grad, v, n)
+        });
+        Ok((out, shape))
     }
 }

@@ -1,6 +1,6 @@
 //! Times `x·Wᵀ` with the weight as stored (`[out, in]`, transposed view) against a pre-transposed
 //! contiguous `[in, out]` copy, on the shapes of decoding a d_model 256 / ffn 1024 / vocab 8000
-//! model with 32 and 128 rows: why frozen CPU weights are kept transposed (see `model::Linear`).
+//! model with 32 and 128 rows: why frozen CPU weights are kept transposed (see `layers::Linear`).
 //!
 //!     RAYON_NUM_THREADS=1 cargo run --release -p rdrop-seq2seq --example matmul_layouts
 use std::time::Instant;

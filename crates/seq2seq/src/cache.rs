@@ -1,82 +1,95 @@
-//! `DecoderCache`: what incremental decoding keeps between steps, held outside the model's weights so
-//! one model serves any number of concurrent searches.
+//! `DecoderCache`: the keys and values [`MarianModel`](crate::MarianModel)'s incremental decoding
+//! keeps between steps, as tensors on the model's device (transformers' `past_key_values`).
+//!
+//! It is held outside the model's weights, so one model serves any number of concurrent searches.
+//! The inference model's host-memory cache for the CPU lives in [`crate::inference`].
 
-use candle_core::{CpuStorage, Storage, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
 /// Per-layer keys and values for incremental decoding: cross-attention K/V computed once from the
-/// encoder output, self-attention K/V growing by one position per step.
+/// encoder output, self-attention K/V growing by one position per step. Reordering rows copies
+/// the tensors.
 #[derive(Debug, Clone)]
 pub struct DecoderCache {
-    pub(crate) kv: Kv,
+    /// Self-attention (keys, values) per decoder layer, `[B, H, L, dh]`; `None` before the first
+    /// step.
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Cross-attention (keys, values) per decoder layer, `[B, H, S, dh]`.
+    cross_kv: Vec<(Tensor, Tensor)>,
+    /// Additive source padding mask `[B, 1, 1, S]`.
+    cross_mask: Tensor,
     /// Tokens decoded so far.
-    pub(crate) len: usize,
+    len: usize,
 }
 
-/// Where the keys and values live.
-#[derive(Debug, Clone)]
-pub(crate) enum Kv {
-    /// Tensors on the model's device, `[B, H, L, dh]`: reordering rows copies them.
-    Tensors {
-        /// Self-attention (keys, values) per decoder layer; `None` before the first step.
-        self_kv: Vec<Option<(Tensor, Tensor)>>,
-        /// Cross-attention (keys, values) per decoder layer, `[B, H, S, dh]`.
-        cross_kv: Vec<(Tensor, Tensor)>,
-        /// Additive source padding mask `[B, 1, 1, S]`.
-        cross_mask: Tensor,
-    },
-    /// f32 host memory, for decoding on the CPU.
-    Host(HostKv),
-}
-
-/// Keys and values in host memory, addressed through per-row tables: when beam search reorders
-/// hypotheses or a sentence leaves the batch only the tables change, where tensors `[B, H, L, dh]`
-/// would be copied whole at every step.
-#[derive(Debug, Clone)]
-pub(crate) struct HostKv {
-    pub(crate) heads: usize,
-    pub(crate) head_dim: usize,
-    /// Per decoder layer, the self-attention keys of every position any row has decoded,
-    /// `[entries, H·dh]`, appended to at each step and never moved.
-    pub(crate) self_k: Vec<Vec<f32>>,
-    /// The values, laid out as `self_k`.
-    pub(crate) self_v: Vec<Vec<f32>>,
-    /// Per live row, the entry of each of its positions (the same in every layer).
-    pub(crate) entries: Vec<Vec<u32>>,
-    /// Entries so far (rows of every `self_k[i]`).
-    pub(crate) n_entries: usize,
-    /// Per decoder layer, cross-attention keys per source sentence, `[N, H, S, dh]`.
-    pub(crate) cross_k: Vec<Vec<f32>>,
-    /// The values, laid out as `cross_k`.
-    pub(crate) cross_v: Vec<Vec<f32>>,
-    /// Additive source padding mask `[N, S]`.
-    pub(crate) cross_mask: Vec<f32>,
-    /// Source positions `S`.
-    pub(crate) src_len: usize,
-    /// Per live row, its source sentence (an index into the cross-attention tables).
-    pub(crate) source: Vec<u32>,
-}
-
-/// Runs `f` on the elements of a contiguous f32 CPU tensor, without copying them.
-pub(crate) fn with_host_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => Ok(f(&v[a..b])),
-        _ => Err(Error::Input(format!(
-            "host decoding cache: expected a contiguous f32 CPU tensor, got {:?} on {:?}",
-            t.dtype(),
-            t.device().location()
+/// Checks that every row in `rows` is below `n`, the rows a cache holds.
+pub(crate) fn check_rows(rows: &[u32], n: usize) -> Result<()> {
+    match rows.iter().find(|&&r| r as usize >= n) {
+        Some(&bad) => Err(Error::Input(format!(
+            "cache row {bad} selected from a cache of {n} rows"
         ))),
+        None => Ok(()),
     }
 }
 
-/// The elements of an f32 CPU tensor, in row-major order.
-pub(crate) fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
-    with_host_f32(&t.contiguous()?, |v| v.to_vec())
-}
-
 impl DecoderCache {
+    /// An empty cache for the cross-attention keys and values of every decoder layer and the
+    /// additive source mask.
+    pub(crate) fn new(cross_kv: Vec<(Tensor, Tensor)>, cross_mask: Tensor) -> Self {
+        DecoderCache {
+            self_kv: vec![None; cross_kv.len()],
+            cross_kv,
+            cross_mask,
+            len: 0,
+        }
+    }
+
+    /// Appends one position's self-attention keys and values (`[B, H, 1, dh]`) to layer `i`'s and
+    /// returns all of them.
+    pub(crate) fn append_self(
+        &mut self,
+        i: usize,
+        k_new: Tensor,
+        v_new: Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let slot = self
+            .self_kv
+            .get_mut(i)
+            .ok_or_else(|| Error::Input(format!("decoder layer {i} has no cache")))?;
+        let (k, v) = match slot.take() {
+            Some((k, v)) => (
+                Tensor::cat(&[&k, &k_new], 2)?,
+                Tensor::cat(&[&v, &v_new], 2)?,
+            ),
+            None => (k_new, v_new),
+        };
+        *slot = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Layer `i`'s cross-attention keys and values, and the additive source mask.
+    pub(crate) fn cross(&self, i: usize) -> (&Tensor, &Tensor, &Tensor) {
+        let (k, v) = &self.cross_kv[i];
+        (k, v, &self.cross_mask)
+    }
+
+    /// The additive source mask `[B, 1, 1, S]`.
+    pub(crate) fn cross_mask(&self) -> &Tensor {
+        &self.cross_mask
+    }
+
+    /// Decoder layers the cache holds keys and values for.
+    pub(crate) fn layers(&self) -> usize {
+        self.cross_kv.len()
+    }
+
+    /// Counts a step whose keys and values every layer has appended.
+    pub(crate) fn advance(&mut self) {
+        self.len += 1;
+    }
+
     /// Keeps the rows `rows` (u32 indices into the current batch, any order, repeats allowed): how
     /// beam search reorders hypotheses and how finished sentences are dropped.
     pub fn select(&self, rows: &Tensor) -> Result<DecoderCache> {
@@ -90,41 +103,21 @@ impl DecoderCache {
     /// from a row of the same source sentence as the row it replaces, so per-source state (the
     /// cross-attention keys and values) stays as it is.
     pub(crate) fn reorder(&mut self, rows: &[u32], same_sources: bool) -> Result<()> {
-        let n = self.batch_size();
-        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n) {
-            return Err(Error::Input(format!(
-                "cache row {bad} selected from a cache of {n} rows"
-            )));
+        check_rows(rows, self.batch_size())?;
+        let idx = Tensor::from_slice(rows, rows.len(), self.cross_mask.device())?;
+        let pick = |t: &Tensor| t.index_select(&idx, 0);
+        for (k, v) in self.self_kv.iter_mut().flatten() {
+            *k = pick(k)?;
+            *v = pick(v)?;
         }
-        match &mut self.kv {
-            Kv::Host(h) => {
-                h.entries = rows
-                    .iter()
-                    .map(|&r| h.entries[r as usize].clone())
-                    .collect();
-                h.source = rows.iter().map(|&r| h.source[r as usize]).collect();
+        // The beams of one sentence share its cross-attention keys/values and source mask, so
+        // reordering beams within sentences leaves those rows unchanged.
+        if !same_sources {
+            for (k, v) in self.cross_kv.iter_mut() {
+                *k = pick(k)?;
+                *v = pick(v)?;
             }
-            Kv::Tensors {
-                self_kv,
-                cross_kv,
-                cross_mask,
-            } => {
-                let idx = Tensor::from_slice(rows, rows.len(), cross_mask.device())?;
-                let pick = |t: &Tensor| t.index_select(&idx, 0);
-                for (k, v) in self_kv.iter_mut().flatten() {
-                    *k = pick(k)?;
-                    *v = pick(v)?;
-                }
-                // The beams of one sentence share its cross-attention keys/values and source
-                // mask, so reordering beams within sentences leaves those rows unchanged.
-                if !same_sources {
-                    for (k, v) in cross_kv.iter_mut() {
-                        *k = pick(k)?;
-                        *v = pick(v)?;
-                    }
-                    *cross_mask = pick(cross_mask)?;
-                }
-            }
+            self.cross_mask = pick(&self.cross_mask)?;
         }
         Ok(())
     }
@@ -141,9 +134,6 @@ impl DecoderCache {
 
     /// Rows (sentences or hypotheses) the cache holds.
     pub fn batch_size(&self) -> usize {
-        match &self.kv {
-            Kv::Host(h) => h.source.len(),
-            Kv::Tensors { cross_mask, .. } => cross_mask.dims().first().copied().unwrap_or(0),
-        }
+        self.cross_mask.dims().first().copied().unwrap_or(0)
     }
 }

@@ -13,6 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::inference::InferenceModel;
 use crate::model::MarianModel;
 
 /// Weight files looked for in a model directory, in order of preference.
@@ -488,13 +489,20 @@ pub fn load_config(dir: &Path) -> Result<Config> {
     Config::from_file(&path)
 }
 
-/// A model for inference (plain tensors, no gradient tracking) from a directory, weights file or hub id.
+/// The model (plain tensors, nothing tracks them) from a directory, weights file or hub id;
+/// [`load_frozen`] for decoding.
 pub fn load(model: &str, dtype: DType, device: &Device) -> Result<(Config, MarianModel)> {
     let ckpt = locate(model)?;
     let cfg = load_config(&ckpt.dir)?;
     let tensors = load_tensors(&ckpt.weights, &cfg, dtype, device)?;
     let m = MarianModel::new(&cfg, VarBuilder::from_tensors(tensors, dtype, device))?;
     Ok((cfg, m))
+}
+
+/// [`load`], then [`MarianModel::freeze`]: the model as translation and scoring run it.
+pub fn load_frozen(model: &str, dtype: DType, device: &Device) -> Result<(Config, InferenceModel)> {
+    let (cfg, m) = load(model, dtype, device)?;
+    Ok((cfg, m.freeze()?))
 }
 
 /// Writes `config.json` and `model.safetensors` (f32 stays f32) into `dir`, creating it; each file is

@@ -69,6 +69,9 @@ pub enum Error {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A CPU kernel could not read a tensor (not contiguous f32 on the CPU).
+    #[error(transparent)]
+    Kernel(#[from] rdrop_kernels::Error),
 }
 
 /// Result with the crate's [`Error`].

@@ -10,11 +10,13 @@
 //!   takes a [`Mode`]: `Mode::Eval`, or `Mode::Train(&rng)` to apply `dropout`, `attention_dropout`
 //!   and `activation_dropout` exactly where transformers does, with masks from a seeded
 //!   [`DropoutRng`] whose state can be saved and restored.
-//! - [`cache::DecoderCache`]: incremental decoding state (cross-attention K/V computed once per
-//!   source, self-attention K/V growing per step; `select` reorders or drops rows for beam search).
-//!   On the CPU in f32 the keys and values stay in host memory behind per-row tables, so reordering
-//!   copies nothing, and frozen weights (loaded, not trained) are kept transposed for the small
-//!   matrix products of decoding.
+//! - [`cache::DecoderCache`]: the model's incremental decoding state (cross-attention K/V computed
+//!   once per source, self-attention K/V growing per step; `select` reorders or drops rows for beam
+//!   search).
+//! - [`inference::InferenceModel`]: what [`MarianModel::freeze`] gives for decoding: detached
+//!   weights kept transposed (and the output layer in panels) for the small matrix products of
+//!   decoding on the CPU, and on the CPU in f32 a cache whose keys and values stay in host memory
+//!   behind per-row tables, so reordering copies nothing. [`checkpoint::load_frozen`] loads one.
 //! - [`checkpoint`]: find a model (directory, weights file, or hub id via hf-hub's cache, offline with
 //!   `HF_HUB_OFFLINE=1`), load `model.safetensors` or zip `pytorch_model.bin`, and save
 //!   `config.json` + `model.safetensors` that transformers loads with identical outputs.
@@ -57,6 +59,9 @@ pub mod device;
 pub mod dropout;
 pub mod error;
 pub mod generate;
+mod host;
+pub mod inference;
+mod layers;
 pub mod model;
 pub mod ops;
 pub mod tokenizer;
@@ -65,4 +70,5 @@ pub use cache::DecoderCache;
 pub use config::{Activation, Config};
 pub use dropout::{DropoutRng, Mode, RngState};
 pub use error::{Error, Result};
+pub use inference::{InferenceCache, InferenceModel};
 pub use model::MarianModel;

@@ -14,6 +14,7 @@ use rdrop_seq2seq::config::Config;
 use rdrop_seq2seq::dropout::Mode;
 use rdrop_seq2seq::model::MarianModel;
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
+use rdrop_seq2seq::InferenceModel;
 use std::path::{Path, PathBuf};
 
 /// The pieces of a live run.
@@ -286,10 +287,15 @@ fn model_from_vars(
     Ok(MarianModel::new(&s.cfg, vb)?)
 }
 
-/// The model on the variables' current values, detached: nothing tracks them, so on the CPU the
-/// model keeps its weights in the layouts decoding runs fastest with (transposed, in panels).
-/// Built for each round of decoding during training; the copies are freed after it.
-pub fn frozen_model(s: &Session) -> Result<MarianModel> {
+/// The inference model on the variables' current values (`MarianModel::freeze`: detached, in the
+/// layouts decoding runs fastest with). Built for each round of decoding during training; the
+/// copies are freed after it.
+pub fn frozen_model(s: &Session) -> Result<InferenceModel> {
+    Ok(s.model.freeze()?)
+}
+
+/// The model on the variables' current values, detached: a train-mode pass on it builds no graph.
+pub fn detached_model(s: &Session) -> Result<MarianModel> {
     model_from_vars(s, s.model.dtype(), |t| Ok(t.detach()))
 }
 

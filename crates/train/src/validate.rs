@@ -5,7 +5,7 @@ use crate::checkpoint::TrainerState;
 use crate::data::{self, Example};
 use crate::error::Result;
 use crate::recipe::{DecodeKind, ValidMetric};
-use crate::session::{frozen_model, model_loss, Session};
+use crate::session::{detached_model, frozen_model, model_loss, Session};
 use rdrop_loss::{CriterionConfig, LossSums};
 use rdrop_seq2seq::dropout::{DropoutRng, Mode};
 
@@ -176,7 +176,7 @@ pub fn dropout_consistency(s: &Session, valid: &[Example], seed: u64) -> Result<
         alpha: 1.0,
     }
     .build(pad)?;
-    let model = frozen_model(s)?;
+    let model = detached_model(s)?;
     let rng = DropoutRng::new(seed);
     let mut sums = LossSums::default();
     let idx: Vec<usize> = (0..valid.len()).collect();

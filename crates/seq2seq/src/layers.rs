@@ -1,0 +1,437 @@
+//! The blocks of transformers' modeling_marian.py: `MarianAttention`, the feed-forward block,
+//! `MarianEncoderLayer` and `MarianDecoderLayer`, with the layer norm and dense layers they use.
+//!
+//! Every block reads its weights from a `VarBuilder` under the Hugging Face names and runs in
+//! [`Mode::Eval`] or [`Mode::Train`]; `frozen` gives the detached copy the inference model runs on.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::cache::DecoderCache;
+use crate::config::{Activation, Config};
+use crate::dropout::Mode;
+use crate::error::{Error, Result};
+use crate::host::transpose;
+use crate::ops;
+
+/// transformers' `nn.LayerNorm` default.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// Additive mask value for excluded attention positions: exp() of it underflows to exactly 0.
+pub(crate) fn mask_value(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => -6.0e4,
+        _ => -1.0e9,
+    }
+}
+
+/// Layer norm composed of ops with a backward pass. candle_nn's `LayerNorm` takes a fused kernel on
+/// contiguous input that passes no gradient to its weights.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    fn new(d: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(d, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(d, "bias", candle_nn::Init::Const(0.0))?,
+        })
+    }
+
+    fn frozen(&self) -> Self {
+        LayerNorm {
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            LAYER_NORM_EPS,
+        )?)
+    }
+}
+
+/// A dense layer `x·Wᵀ + b` with HF's `weight` `[out, in]` and `bias` `[out]`, initialised like
+/// candle_nn's `linear`. The product runs on `x` flattened to rows, and the bias add's backward
+/// is a matrix product (see [`ops::add_bias`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Weight,
+    bias: Tensor,
+}
+
+/// How a [`Linear`] holds its weight.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// `[out, in]`, as transformers stores it: what [`Linear::new`] reads and training updates.
+    Rows(Tensor),
+    /// `[in, out]`, contiguous: only in [`Linear::frozen`] copies on the CPU, where the matrix
+    /// product packs a `[out, in]` right-hand side into column panels on every call, which costs
+    /// more than the product itself for decoding's few rows (1.3-5x on 32 rows,
+    /// `examples/matmul_layouts.rs`).
+    Columns(Tensor),
+}
+
+impl Linear {
+    fn new(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
+        let l = candle_nn::linear(d_in, d_out, vb)?;
+        let bias = l
+            .bias()
+            .cloned()
+            .ok_or_else(|| Error::Input("linear layer without a bias".into()))?;
+        Ok(Linear {
+            weight: Weight::Rows(l.weight().clone()),
+            bias,
+        })
+    }
+
+    /// A copy on the weights' current values that nothing trains, laid out for decoding.
+    fn frozen(&self) -> Result<Self> {
+        let weight = match &self.weight {
+            Weight::Rows(w) if w.device().is_cpu() => Weight::Columns(transpose(&w.detach())?),
+            Weight::Rows(w) => Weight::Rows(w.detach()),
+            Weight::Columns(w) => Weight::Columns(w.clone()),
+        };
+        Ok(Linear {
+            weight,
+            bias: self.bias.detach(),
+        })
+    }
+
+    fn d_out(&self) -> Result<usize> {
+        Ok(match &self.weight {
+            Weight::Rows(w) => w.dim(0)?,
+            Weight::Columns(w) => w.dim(1)?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d_in = dims.last().copied().unwrap_or(1);
+        let rows = x.elem_count() / d_in.max(1);
+        let x = x.reshape((rows, d_in))?;
+        let y = match &self.weight {
+            Weight::Rows(w) => x.matmul(&w.t()?)?,
+            Weight::Columns(w) => x.matmul(w)?,
+        };
+        let y = ops::add_bias(&y, &self.bias)?;
+        let mut out = dims;
+        if let Some(last) = out.last_mut() {
+            *last = self.d_out()?;
+        }
+        Ok(y.reshape(out)?)
+    }
+}
+
+fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// Multi-head attention (`self_attn` / `encoder_attn`): q, k, v and out projections with biases.
+#[derive(Debug, Clone)]
+pub(crate) struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+    /// Probability of `attention_dropout` on the attention weights.
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(d: usize, heads: usize, dropout: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Attention {
+            q_proj: Linear::new(d, d, vb.pp("q_proj"))?,
+            k_proj: Linear::new(d, d, vb.pp("k_proj"))?,
+            v_proj: Linear::new(d, d, vb.pp("v_proj"))?,
+            out_proj: Linear::new(d, d, vb.pp("out_proj"))?,
+            heads,
+            head_dim: d / heads,
+            dropout,
+        })
+    }
+
+    fn frozen(&self) -> Result<Self> {
+        Ok(Attention {
+            q_proj: self.q_proj.frozen()?,
+            k_proj: self.k_proj.frozen()?,
+            v_proj: self.v_proj.frozen()?,
+            out_proj: self.out_proj.frozen()?,
+            ..self.clone()
+        })
+    }
+
+    /// `[B, L, D]` -> `[B, H, L, dh]`, contiguous so the batched matmuls run without further copies.
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        Ok(x.reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?)
+    }
+
+    /// Keys and values for `x` `[B, S, D]`, each `[B, H, S, dh]`.
+    pub(crate) fn key_values(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.k_proj.forward(x)?)?,
+            self.split_heads(&self.v_proj.forward(x)?)?,
+        ))
+    }
+
+    /// Scaled query for `x` `[B, T, D]`: `[B, H, T, dh]`.
+    fn query(&self, x: &Tensor) -> Result<Tensor> {
+        // Scaling q before the product (T·dh values) rather than the scores (T·S) is cheaper.
+        let q = (self.q_proj.forward(x)? * (self.head_dim as f64).powf(-0.5))?;
+        self.split_heads(&q)
+    }
+
+    /// softmax(q·kᵀ + mask)·v, then the output projection: `[B, T, D]`. `mask` broadcasts to
+    /// `[B, H, T, S]`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let (b, h, t, dh) = q.dims4()?;
+        let probs = ops::attention_probs(&q.matmul(&k.transpose(2, 3)?)?, mask)?;
+        let probs = mode.dropout(&probs, self.dropout)?;
+        let out = probs.matmul(v)?.transpose(1, 2)?.reshape((b, t, h * dh))?;
+        self.out_proj.forward(&out)
+    }
+
+    /// Incremental decoding's attention, eval mode: one query position per row, `x` `[B, 1, D]`,
+    /// against keys/values `[B, H, T, dh]` -> `[B, 1, D]`.
+    fn attend_one(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let h = ops::single_query_attention(&q, k, v, mask, scale)?;
+        self.out_proj.forward(&h)
+    }
+
+    /// Keys and values of one new position per row, `x` `[B, 1, D]`: `[B, H, 1, dh]` each (the
+    /// projection's rows already hold the heads side by side, so no copy is needed).
+    fn key_values_one(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let b = x.dim(0)?;
+        let shape = (b, self.heads, 1, self.head_dim);
+        Ok((
+            self.k_proj.forward(x)?.reshape(shape)?,
+            self.v_proj.forward(x)?.reshape(shape)?,
+        ))
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        kv_source: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let q = self.query(x)?;
+        let (k, v) = self.key_values(kv_source)?;
+        self.attend(&q, &k, &v, mask, mode)
+    }
+}
+
+/// Position-wise feed-forward block: fc1, activation, activation dropout, fc2.
+#[derive(Debug, Clone)]
+struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+    activation_dropout: f64,
+}
+
+impl FeedForward {
+    fn new(cfg: &Config, ffn_dim: usize, vb: &VarBuilder) -> Result<Self> {
+        Ok(FeedForward {
+            fc1: Linear::new(cfg.d_model, ffn_dim, vb.pp("fc1"))?,
+            fc2: Linear::new(ffn_dim, cfg.d_model, vb.pp("fc2"))?,
+            act: cfg.activation(),
+            activation_dropout: cfg.activation_dropout,
+        })
+    }
+
+    fn frozen(&self) -> Result<Self> {
+        Ok(FeedForward {
+            fc1: self.fc1.frozen()?,
+            fc2: self.fc2.frozen()?,
+            ..self.clone()
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = activate(self.act, &self.fc1.forward(x)?)?;
+        let h = mode.dropout(&h, self.activation_dropout)?;
+        self.fc2.forward(&h)
+    }
+}
+
+/// One encoder layer (`model.encoder.layers.N`), post-norm as in transformers' `MarianEncoderLayer`.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl EncoderLayer {
+    /// Builds the layer from `vb` = `model.encoder.layers.N`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        Ok(EncoderLayer {
+            self_attn: Attention::new(
+                cfg.d_model,
+                cfg.encoder_attention_heads,
+                cfg.attention_dropout,
+                vb.pp("self_attn"),
+            )?,
+            self_attn_layer_norm: LayerNorm::new(cfg.d_model, vb.pp("self_attn_layer_norm"))?,
+            ffn: FeedForward::new(cfg, cfg.encoder_ffn_dim, &vb)?,
+            final_layer_norm: LayerNorm::new(cfg.d_model, vb.pp("final_layer_norm"))?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    pub(crate) fn frozen(&self) -> Result<Self> {
+        Ok(EncoderLayer {
+            self_attn: self.self_attn.frozen()?,
+            self_attn_layer_norm: self.self_attn_layer_norm.frozen(),
+            ffn: self.ffn.frozen()?,
+            final_layer_norm: self.final_layer_norm.frozen(),
+            dropout: self.dropout,
+        })
+    }
+
+    /// `x` `[B, S, D]`, `mask` additive `[B, 1, 1, S]`.
+    pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
+        let h = self.self_attn.forward(x, x, Some(mask), mode)?;
+        let h = mode.dropout(&h, self.dropout)?;
+        let x = self.self_attn_layer_norm.forward(&(x + h)?)?;
+        let h = self.ffn.forward(&x, mode)?;
+        let h = mode.dropout(&h, self.dropout)?;
+        self.final_layer_norm.forward(&(x + h)?)
+    }
+}
+
+/// One decoder layer (`model.decoder.layers.N`): causal self-attention, cross-attention, feed-forward.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub(crate) self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    pub(crate) encoder_attn: Attention,
+    encoder_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl DecoderLayer {
+    /// Builds the layer from `vb` = `model.decoder.layers.N`.
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let heads = cfg.decoder_attention_heads;
+        Ok(DecoderLayer {
+            self_attn: Attention::new(
+                cfg.d_model,
+                heads,
+                cfg.attention_dropout,
+                vb.pp("self_attn"),
+            )?,
+            self_attn_layer_norm: LayerNorm::new(cfg.d_model, vb.pp("self_attn_layer_norm"))?,
+            encoder_attn: Attention::new(
+                cfg.d_model,
+                heads,
+                cfg.attention_dropout,
+                vb.pp("encoder_attn"),
+            )?,
+            encoder_attn_layer_norm: LayerNorm::new(cfg.d_model, vb.pp("encoder_attn_layer_norm"))?,
+            ffn: FeedForward::new(cfg, cfg.decoder_ffn_dim, &vb)?,
+            final_layer_norm: LayerNorm::new(cfg.d_model, vb.pp("final_layer_norm"))?,
+            dropout: cfg.dropout,
+        })
+    }
+
+    pub(crate) fn frozen(&self) -> Result<Self> {
+        Ok(DecoderLayer {
+            self_attn: self.self_attn.frozen()?,
+            self_attn_layer_norm: self.self_attn_layer_norm.frozen(),
+            encoder_attn: self.encoder_attn.frozen()?,
+            encoder_attn_layer_norm: self.encoder_attn_layer_norm.frozen(),
+            ffn: self.ffn.frozen()?,
+            final_layer_norm: self.final_layer_norm.frozen(),
+            dropout: self.dropout,
+        })
+    }
+
+    /// The two blocks after self-attention, shared by the full and the incremental passes;
+    /// `cross` maps the normalised `x` to the cross-attention block's output.
+    pub(crate) fn cross_and_ffn(
+        &self,
+        x: &Tensor,
+        self_out: &Tensor,
+        cross: impl FnOnce(&Tensor) -> Result<Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = mode.dropout(self_out, self.dropout)?;
+        let x = self.self_attn_layer_norm.forward(&(x + h)?)?;
+        let h = cross(&x)?;
+        let h = mode.dropout(&h, self.dropout)?;
+        let x = self.encoder_attn_layer_norm.forward(&(x + h)?)?;
+        let h = self.ffn.forward(&x, mode)?;
+        let h = mode.dropout(&h, self.dropout)?;
+        self.final_layer_norm.forward(&(x + h)?)
+    }
+
+    /// Teacher-forced pass: `x` `[B, T, D]`, `causal` additive `[T, T]`, `enc` `[B, S, D]`,
+    /// `cross_mask` additive `[B, 1, 1, S]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        causal: &Tensor,
+        enc: &Tensor,
+        cross_mask: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let h = self.self_attn.forward(x, x, Some(causal), mode)?;
+        let (k, v) = self.encoder_attn.key_values(enc)?;
+        let cross = |x: &Tensor| {
+            let q = self.encoder_attn.query(x)?;
+            self.encoder_attn.attend(&q, &k, &v, Some(cross_mask), mode)
+        };
+        self.cross_and_ffn(x, &h, cross, mode)
+    }
+
+    /// One incremental step (eval mode) of layer `i`: `x` `[B, 1, D]`, the newest position, whose
+    /// keys and values join the ones `cache` holds for this layer.
+    pub(crate) fn step(&self, x: &Tensor, i: usize, cache: &mut DecoderCache) -> Result<Tensor> {
+        let (k_new, v_new) = self.self_attn.key_values_one(x)?;
+        let (k, v) = cache.append_self(i, k_new, v_new)?;
+        // The newest position sees every cached one: no mask.
+        let h = self.self_attn.attend_one(x, &k, &v, None)?;
+        let (ck, cv, mask) = cache.cross(i);
+        let cross = |x: &Tensor| self.encoder_attn.attend_one(x, ck, cv, Some(mask));
+        self.cross_and_ffn(x, &h, cross, Mode::Eval)
+    }
+}

@@ -1,0 +1,235 @@
+//! `layer_norm` over the last dimension with weight and bias `[D]`: the CPU forward and a backward
+//! whose parameter gradients are per-chunk sums; `layer_norm_composed` elsewhere and as reference.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
+use rayon::prelude::*;
+use rdrop_kernels::{available, contiguous, float_dispatch, row_width, rows_per_task};
+
+const OP: &str = "layer norm";
+
+/// Layer normalisation over the last dimension, then `weight` and `bias` (`[D]` each).
+pub fn layer_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    if available(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNorm { eps },
+        )
+    } else {
+        layer_norm_composed(x, weight, bias, eps)
+    }
+}
+
+/// Layer norm from differentiable ops; statistics in f32 for half-precision input, as PyTorch's
+/// kernels do.
+pub fn layer_norm_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = match dtype {
+        DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+        _ => x.clone(),
+    };
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed
+        .to_dtype(dtype)?
+        .broadcast_mul(weight)?
+        .broadcast_add(bias)
+}
+
+struct LayerNorm {
+    eps: f64,
+}
+
+/// Mean and 1/σ of a row, in f64.
+fn moments<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
+    let n = row.len() as f64;
+    let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n;
+    let var = row
+        .iter()
+        .map(|v| {
+            let c = v.to_f64() - mean;
+            c * c
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl LayerNorm {
+    fn forward<T: WithDType>(&self, x: &[T], w: &[T], b: &[T], d: usize) -> Vec<T> {
+        let mut out = vec![T::zero(); x.len()];
+        let per = rows_per_task(x.len() / d.max(1));
+        out.par_chunks_mut(d * per)
+            .zip(x.par_chunks(d * per))
+            .for_each(|(o, x)| {
+                for (orow, xrow) in o.chunks_mut(d).zip(x.chunks(d)) {
+                    let (mean, rstd) = moments(xrow, self.eps);
+                    for j in 0..d {
+                        let xh = (xrow[j].to_f64() - mean) * rstd;
+                        orow[j] = T::from_f64(xh * w[j].to_f64() + b[j].to_f64());
+                    }
+                }
+            });
+        out
+    }
+
+    /// `[gx; gw; gb]` packed as `rows + 2` rows of width `d`.
+    fn backward<T: WithDType>(&self, x: &[T], w: &[T], g: &[T], d: usize) -> Vec<T> {
+        let rows = x.len() / d.max(1);
+        let mut out = vec![T::zero(); (rows + 2) * d];
+        let (gx, params) = out.split_at_mut(rows * d);
+        let per = rows_per_task(rows);
+        let partials: Vec<(Vec<f64>, Vec<f64>)> = gx
+            .par_chunks_mut(d * per)
+            .zip(x.par_chunks(d * per).zip(g.par_chunks(d * per)))
+            .map(|(gx, (x, g))| {
+                let (mut gw, mut gb) = (vec![0f64; d], vec![0f64; d]);
+                let mut xh = vec![0f64; d];
+                for ((gxrow, xrow), grow) in gx.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+                    let (mean, rstd) = moments(xrow, self.eps);
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for j in 0..d {
+                        xh[j] = (xrow[j].to_f64() - mean) * rstd;
+                        let gv = grow[j].to_f64();
+                        gw[j] += gv * xh[j];
+                        gb[j] += gv;
+                        let gy = gv * w[j].to_f64();
+                        s1 += gy;
+                        s2 += gy * xh[j];
+                    }
+                    let (m1, m2) = (s1 / d as f64, s2 / d as f64);
+                    // gx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)), ĝ = g·w.
+                    for j in 0..d {
+                        let gy = grow[j].to_f64() * w[j].to_f64();
+                        gxrow[j] = T::from_f64(rstd * (gy - m1 - xh[j] * m2));
+                    }
+                }
+                (gw, gb)
+            })
+            .collect();
+        let (gw, gb) = params.split_at_mut(d);
+        for (pw, pb) in partials {
+            for j in 0..d {
+                gw[j] += T::from_f64(pw[j]);
+                gb[j] += T::from_f64(pb[j]);
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "rdrop-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+        ws: &CpuStorage,
+        w_layout: &Layout,
+        bs: &CpuStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = row_width(x_layout, w_layout, OP)?;
+        row_width(x_layout, b_layout, OP)?;
+        let out = float_dispatch!(OP, xs, |T| self.forward::<T>(
+            contiguous(xs, x_layout, OP, "x")?,
+            contiguous(ws, w_layout, OP, "weight")?,
+            contiguous(bs, b_layout, OP, "bias")?,
+            d
+        ));
+        Ok((out, x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let rows = x.elem_count() / d.max(1);
+        let packed =
+            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
+        let gx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let gw = packed.narrow(0, rows, 1)?.reshape(d)?;
+        let gb = packed.narrow(0, rows + 1, 1)?.reshape(d)?;
+        Ok((Some(gx), Some(gw), Some(gb)))
+    }
+}
+
+/// Backward of [`LayerNorm`]: (x, weight, grad) -> `[rows + 2, D]` = gx, then gw, then gb.
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "rdrop-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        x_layout: &Layout,
+        ws: &CpuStorage,
+        w_layout: &Layout,
+        gs: &CpuStorage,
+        g_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = row_width(x_layout, w_layout, OP)?;
+        if g_layout.shape() != x_layout.shape() {
+            candle_core::bail!(
+                "layer norm grad: {:?} vs {:?}",
+                g_layout.shape(),
+                x_layout.shape()
+            )
+        }
+        let rows = x_layout.shape().elem_count() / d.max(1);
+        let ln = LayerNorm { eps: self.eps };
+        let out = float_dispatch!(OP, xs, |T| ln.backward::<T>(
+            contiguous(xs, x_layout, OP, "x")?,
+            contiguous(ws, w_layout, OP, "weight")?,
+            contiguous(gs, g_layout, OP, "gradient")?,
+            d
+        ));
+        Ok((out, Shape::from((rows + 2, d))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_support::{close, grads, random};
+
+    #[test]
+    fn layer_norm_matches_composed_ops() {
+        let (x, w, b) = (random(&[3, 5, 16], 1), random(&[16], 2), random(&[16], 3));
+        let fused = layer_norm(&x, &w, &b, 1e-5).unwrap();
+        let composed = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+        close("value", &fused, &composed);
+        for (name, (a, c)) in ["x", "weight", "bias"].iter().zip(
+            grads(&fused, &[&x, &w, &b])
+                .iter()
+                .zip(&grads(&composed, &[&x, &w, &b])),
+        ) {
+            close(&format!("grad {name}"), a, c);
+        }
+    }
+}
