@@ -4,6 +4,7 @@ pub mod average;
 pub mod bleu;
 pub mod convert;
 pub mod plot;
+pub mod progress;
 pub mod score;
 pub mod train;
 pub mod translate;

@@ -13,7 +13,7 @@ use rdrop_seq2seq::generate;
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
 use rdrop_text::{read_lines, LineRules};
 
-use super::translate::{Progress, Shown};
+use super::progress::{Progress, Shown};
 
 #[derive(clap::Args)]
 pub struct Args {

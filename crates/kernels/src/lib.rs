@@ -6,6 +6,8 @@
 //! they would otherwise each write again. Tensors it does not take (other devices, other dtypes)
 //! go through composed candle ops, which are also the kernels' references in the tests.
 
+#![deny(missing_docs)]
+
 mod error;
 mod float;
 mod host;

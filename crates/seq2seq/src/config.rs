@@ -39,35 +39,76 @@ impl Activation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
+    /// Model type for transformers' Auto classes; default `"marian"`.
     pub model_type: String,
+    /// Number of token ids in the (source, or shared) vocabulary: rows of the encoder embeddings;
+    /// default 58101.
     pub vocab_size: usize,
     /// Size of the decoder's vocabulary; absent, null or 0 means `vocab_size` (as in transformers).
     #[serde(default, deserialize_with = "zero_if_null")]
     pub decoder_vocab_size: usize,
+    /// Longest sequence, in tokens, the sinusoidal position table covers (longer inputs are
+    /// [`Error::TooLong`]); default 1024.
     pub max_position_embeddings: usize,
+    /// Number of encoder layers; default 12.
     pub encoder_layers: usize,
+    /// Width of the hidden ("intermediate") feed-forward layer in each encoder layer; default 4096.
     pub encoder_ffn_dim: usize,
+    /// Number of attention heads in each encoder self-attention; must divide `d_model`; default 16.
     pub encoder_attention_heads: usize,
+    /// Number of decoder layers; default 12.
     pub decoder_layers: usize,
+    /// Width of the hidden ("intermediate") feed-forward layer in each decoder layer; default 4096.
     pub decoder_ffn_dim: usize,
+    /// Number of attention heads in each decoder self- and cross-attention; must divide `d_model`;
+    /// default 16.
     pub decoder_attention_heads: usize,
+    /// LayerDrop probability: chance that training skips each encoder layer; default 0.0.
     pub encoder_layerdrop: f64,
+    /// LayerDrop probability: chance that training skips each decoder layer; default 0.0.
     pub decoder_layerdrop: f64,
+    /// Whether transformers returns the past key/values for incremental decoding; kept for the
+    /// file, not read here; default true.
     pub use_cache: bool,
+    /// Marks the model as encoder-decoder for transformers; kept for the file, not read here;
+    /// default true.
     pub is_encoder_decoder: bool,
+    /// Feed-forward activation name (see [`Activation::from_name`] for those supported); default
+    /// `"gelu"`.
     pub activation_function: String,
+    /// Width of the hidden states (embeddings and every layer's input and output); default 1024.
     pub d_model: usize,
+    /// Dropout probability on the embeddings and on each attention and feed-forward block's output
+    /// during training; default 0.1.
     pub dropout: f64,
+    /// Dropout probability on the attention weights during training; default 0.0.
     pub attention_dropout: f64,
+    /// Dropout probability on the feed-forward activations (after fc1) during training; default
+    /// 0.0.
     pub activation_dropout: f64,
+    /// Standard deviation of the normal distribution that new embedding matrices (and an untied
+    /// `lm_head`) are initialised from; linear layers use candle_nn's default init. Default 0.02.
     pub init_std: f64,
+    /// Token id the decoder input starts with (Marian uses `<pad>`); default 58100.
     pub decoder_start_token_id: u32,
+    /// Whether token embeddings are multiplied by sqrt(`d_model`) before positions are added;
+    /// default false.
     pub scale_embedding: bool,
+    /// Id of the padding token (`<pad>`); its embedding row gets no gradient from lookups; default
+    /// 58100.
     pub pad_token_id: u32,
+    /// Id of the end-of-sequence token (`</s>`), which ends generation; default 0.
     pub eos_token_id: u32,
+    /// Id of a beginning-of-sequence token; Marian has none, so default `None` (`null`).
     pub bos_token_id: Option<u32>,
+    /// Token id transformers forces as the last one when generation reaches its length limit;
+    /// default `Some(0)`.
     pub forced_eos_token_id: Option<u32>,
+    /// Whether encoder and decoder use one vocabulary (`vocab_size`, also the output layer's size)
+    /// and, with `tie_word_embeddings`, one embedding matrix (`model.shared.weight`); default true.
     pub share_encoder_decoder_embeddings: bool,
+    /// Whether the output layer (`lm_head`) reuses the decoder embedding matrix; false gives every
+    /// embedding matrix and `lm_head` its own weights, as in transformers 5; default true.
     pub tie_word_embeddings: bool,
     /// Keys of the file this struct has no field for (`architectures`, generation settings, ...).
     #[serde(skip)]

@@ -52,6 +52,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod cache;
 pub mod checkpoint;
 pub mod config;

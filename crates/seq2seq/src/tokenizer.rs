@@ -52,41 +52,71 @@ pub enum TokenizerError {
     /// A file could not be read or written (the OS error is the `source`: the chain says it once).
     #[error("{}", path.display())]
     Io {
+        /// The file read or written, directory created, or training file that could not be opened.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
     /// A JSON file (vocabulary or tokenizer config) is malformed (serde's message is the `source`).
     #[error("{}: invalid JSON", path.display())]
     Json {
+        /// The JSON file being parsed (or `tokenizer_config.json` when it could not be serialised).
         path: PathBuf,
+        /// serde_json's error.
         #[source]
         source: serde_json::Error,
     },
     /// A key of a JSON file has the wrong type or value.
     #[error("{}: key {key:?}: {message}", path.display())]
     BadKey {
+        /// The JSON file (`tokenizer_config.json`, `vocab.json` or `target_vocab.json`).
         path: PathBuf,
+        /// The offending key: a `tokenizer_config.json` setting, or the token in a vocabulary.
         key: String,
+        /// What was expected and what was found.
         message: String,
     },
     /// A SentencePiece model is corrupt or uses a feature this converter does not support.
     #[error("{}: {reason}", path.display())]
-    Spm { path: PathBuf, reason: String },
+    Spm {
+        /// The SentencePiece model file (`source.spm` or `target.spm`).
+        path: PathBuf,
+        /// What is corrupt or unsupported.
+        reason: String,
+    },
     /// A token the tokenizer needs (`</s>`, `<unk>`, `<pad>`) is not in the vocabulary.
     #[error("{}: token {token:?} is not in the vocabulary", path.display())]
-    MissingToken { path: PathBuf, token: String },
+    MissingToken {
+        /// The vocabulary file that lacks it (`<tokenizer>` for a pipeline given to
+        /// [`MarianTokenizer::from_tokenizer`]).
+        path: PathBuf,
+        /// The missing token.
+        token: String,
+    },
     /// The directory holds neither `tokenizer.json` nor the opus-mt files.
     #[error("{}: no tokenizer found (expected tokenizer.json, or source.spm + target.spm + vocab.json)", dir.display())]
-    NotFound { dir: PathBuf },
+    NotFound {
+        /// The directory searched.
+        dir: PathBuf,
+    },
     /// An id passed to `decode` is outside the vocabulary.
     #[error("token id {id} is outside the vocabulary ({size} ids)")]
-    IdOutOfRange { id: u32, size: usize },
+    IdOutOfRange {
+        /// The offending id.
+        id: u32,
+        /// How many ids there are (for opus-mt directories, the larger of the target vocabulary and
+        /// the SentencePiece model).
+        size: usize,
+    },
     /// An error reported by the tokenizers crate (loading tokenizer.json, encoding, training),
     /// which is the `source`.
     #[error("{context}")]
     Tokenizers {
+        /// What was being done, e.g. `loading <dir>/tokenizer.json`, `decoding`, or `training a Bpe
+        /// tokenizer on <files>`.
         context: String,
+        /// The tokenizers crate's error.
         #[source]
         source: tokenizers::Error,
     },

@@ -30,6 +30,7 @@ pub mod plot;
 pub mod prepare;
 pub mod recipe;
 pub mod resume;
+pub mod run;
 pub mod runlog;
 pub mod session;
 pub mod synthetic;

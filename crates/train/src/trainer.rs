@@ -2,7 +2,7 @@
 //! validation, a checkpoint, resuming); [`train`] runs them until the budget, patience or a signal.
 
 use crate::checkpoint::{self, RunLock, TrainerState};
-use crate::data::{self, DataStats};
+use crate::data;
 use crate::error::{Error, Result};
 use crate::optim::{self, AdamW, Grads};
 use crate::prepare::{self, RunData};
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 // The pieces a run is made of keep their old paths here, where callers found them.
+pub use crate::run::{RunOptions, Summary};
 pub use crate::session::{
     autocast_model, batch_loss, build_session, forward_logits, frozen_model, make_criterion,
     make_device, model_loss, prepare_examples, save_checkpoint, scratch_config, Session,
@@ -23,62 +24,6 @@ pub use crate::session::{
 pub use crate::validate::{
     corpus_bleu, dropout_consistency, translate, translate_ids, validate, Validation,
 };
-
-/// How [`train`] runs besides the recipe.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Continue from the latest checkpoint in the output directory.
-    pub resume: bool,
-    /// Draw a progress bar (otherwise log lines go to stderr).
-    pub progress: bool,
-    /// Print nothing but errors.
-    pub quiet: bool,
-    /// Fault injection for tests: update attempts (1-based, skipped ones included) whose loss is
-    /// treated as non-finite.
-    pub fault_nan_updates: Vec<u64>,
-    /// Resume from this checkpoint directory instead of the newest intact one (implies `resume`).
-    pub resume_from: Option<PathBuf>,
-    /// Set (to the signal's number) when the run should stop: the loop finishes the current
-    /// update, saves a checkpoint and returns [`Error::Interrupted`]. Signal handling itself is
-    /// the caller's (the binary's) business.
-    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
-    /// Time each phase of every update (batch, forward, loss, backward, optimiser), waiting for
-    /// the device after each; the means go into every log line and train record (`phase_ms`).
-    /// The waits cost some throughput on a GPU, where phases otherwise overlap.
-    pub profile_phases: bool,
-}
-
-/// What a finished run reports.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    /// Optimiser updates taken in total (NaN/inf updates skipped are not counted).
-    pub updates: u64,
-    /// The state's epoch counter at the end: the epoch (0-based) the run stopped in, or
-    /// `training.max_epochs` when that limit ended it.
-    pub epochs: u64,
-    /// Validation BLEU of the best checkpoint (if BLEU was computed).
-    pub best_bleu: Option<f64>,
-    /// The metric that chose `best/`, its value there and the update.
-    pub best_by: ValidMetric,
-    /// The `best_by` metric's value at `best/` (none if no validation ran).
-    pub best_value: Option<f64>,
-    /// The update `best/` was saved at.
-    pub best_update: Option<u64>,
-    /// `<output_dir>/best` if a validation chose one, else the last checkpoint.
-    pub best_dir: PathBuf,
-    /// The checkpoint holding the run's final state.
-    pub last_dir: PathBuf,
-    /// What happened to every training pair.
-    pub train_stats: DataStats,
-    /// What happened to every validation pair.
-    pub valid_stats: DataStats,
-    /// Updates skipped for a NaN/inf loss.
-    pub nan_skipped: u64,
-    /// Whether patience (`validation.patience`) ended the run before its budget.
-    pub stopped_early: bool,
-    /// The last validation, if the run validated.
-    pub last_valid: Option<Validation>,
-}
 
 /// Runs (or resumes) the training job a recipe describes.
 pub fn train(r: &Recipe, opts: &RunOptions) -> Result<Summary> {
