@@ -27,6 +27,8 @@
 #     rdrop bf16 runs only if the recipe accepts `training.precision = "bf16"`.
 #     Then where the time goes: torch's --phase-steps and a short `rdrop train --profile-phases` run
 #     each time batch, forward, loss, backward and optimizer with a device sync after each (phase_ms).
+#     rdrop f32 runs twice: with its CUDA kernels (fused loss, softmax, layer norm, byte-mask dropout)
+#     and with RDROP_CUDA_KERNELS=0 (candle's composed ops), to measure what the kernels change.
 # 2b. with NCU=1 (and ncu on PATH), GPU time per kernel over 2 training steps of each (ncu-*.csv and
 #     the top 25 kernels in gpu-check.json); ncu replays each kernel, so this adds minutes.
 #  3. `rdrop translate --device cuda --token-ids` throughput: 1024 sources of 20 random ids, exactly
@@ -38,7 +40,8 @@
 # gather (backward scatter_add), index_select/embedding (backward index_add), cat/narrow/transpose,
 # to_dtype (f32<->bf16), cmp, and dropout masks (elementwise mul). Not differentiable on any device:
 # the fused candle_nn ops (ops::softmax_last_dim, ops::layer_norm and LayerNorm::forward on
-# contiguous input with a bias, ops::rms_norm): training code must build them from basic ops.
+# contiguous input with a bias, ops::rms_norm): rdrop's own ops (seq2seq's ops::softmax_last_dim,
+# ops::layer_norm) launch the same kernels forward and add a backward in tensor ops.
 # CUDA-only pitfall: cuBLAS matmul accepts only operands whose last two dims are contiguous or
 # transposed and whose batch dims collapse to one stride (CudaError::MatMulNonContiguous), where the
 # CPU accepts any strides: call .contiguous() on q/k/v after the head transpose.
@@ -230,8 +233,12 @@ metrics = ["loss"]
 every_updates = 0
 keep_last = 1
 EOF
-  for prec in f32 bf16; do
-    set_prec=()
+  # f32-composed: f32 with RDROP_CUDA_KERNELS=0, the composed candle ops instead of rdrop's CUDA
+  # kernels (loss, softmax, layer norm, dropout), to measure what the kernels change.
+  for prec in f32 bf16 f32-composed; do
+    set_prec=() env_prefix=()
+    key=${prec//-/_}
+    if [ $prec = f32-composed ]; then env_prefix=(env RDROP_CUDA_KERNELS=0); fi
     if [ $prec = bf16 ]; then
       if ! "$rdrop" train "$W/bench.toml" --set 'training.precision="bf16"' --print-recipe >/dev/null 2>&1; then
         say "  rdrop bf16: the recipe has no training.precision; skipped"
@@ -241,24 +248,24 @@ EOF
       set_prec=(--set 'training.precision="bf16"')
     fi
     rm -rf "$W/rdrop-run"
-    smi_peak stage 240 "$rdrop" train "$W/bench.toml" --device cuda --quiet "${set_prec[@]}"
+    smi_peak stage 240 "${env_prefix[@]}" "$rdrop" train "$W/bench.toml" --device cuda --quiet "${set_prec[@]}"
     rc=$?
     if [ -f "$W/rdrop-run/metrics.jsonl" ]; then
       r=$("$PY" scripts/cuda/gpu_check_util.py rdrop-train "$W/rdrop-run/metrics.jsonl")
-      result train_rdrop_$prec "$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); r["rc"]=int(sys.argv[3]); r["peak_gpu_smi_mib"]=json.loads(open(sys.argv[2]).read()); print(json.dumps(r))' "$r" "$W/peak" $rc)"
+      result train_rdrop_$key "$("$PY" -c 'import json,sys; r=json.loads(sys.argv[1]); r["rc"]=int(sys.argv[3]); r["peak_gpu_smi_mib"]=json.loads(open(sys.argv[2]).read()); print(json.dumps(r))' "$r" "$W/peak" $rc)"
       say "  rdrop $prec: $r"
     else
       say "  rdrop $prec: no metrics (rc $rc); see the log"
-      result train_rdrop_$prec "{\"rc\":$rc}"
+      result train_rdrop_$key "{\"rc\":$rc}"
     fi
     # Where an update's time goes: a short run synchronised after each phase (slower, so apart
     # from the throughput run), beside torch's phase_ms from the same batches.
     rm -rf "$W/rdrop-run"
-    stage 150 "$rdrop" train "$W/bench.toml" --device cuda --quiet --profile-phases "${set_prec[@]}" \
+    stage 150 "${env_prefix[@]}" "$rdrop" train "$W/bench.toml" --device cuda --quiet --profile-phases "${set_prec[@]}" \
       --set "training.max_updates=$((2 * WARM + 10))" --set "training.log_every=$((WARM + 5))"
     if [ -f "$W/rdrop-run/metrics.jsonl" ]; then
       r=$("$PY" scripts/cuda/gpu_check_util.py rdrop-train "$W/rdrop-run/metrics.jsonl")
-      result phases_rdrop_$prec "$r"
+      result phases_rdrop_$key "$r"
       say "  rdrop $prec phases: $r"
     fi
   done

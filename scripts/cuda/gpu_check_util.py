@@ -140,6 +140,9 @@ def summary(work, out):
     t = res.get("train_torch_bf16"), res.get("train_rdrop_bf16")
     if all(isinstance(x, dict) and x.get("tgt_tokens_per_s") for x in t):
         res["train_ratio_rdrop_over_torch_bf16"] = round(t[1]["tgt_tokens_per_s"] / t[0]["tgt_tokens_per_s"], 3)
+    t = res.get("train_rdrop_f32_composed"), res.get("train_rdrop_f32")
+    if all(isinstance(x, dict) and x.get("tgt_tokens_per_s") for x in t):
+        res["train_ratio_kernels_over_composed_f32"] = round(t[1]["tgt_tokens_per_s"] / t[0]["tgt_tokens_per_s"], 3)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

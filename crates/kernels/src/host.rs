@@ -1,5 +1,7 @@
-//! Reading tensors on the host: whether the fused kernels take a tensor, a custom op's inputs as
-//! contiguous slices, a CPU f32 tensor's elements, and how per-row kernels split their rows.
+//! Which tensors the fused kernels (CPU or CUDA) take, and reading them on the host: a custom op's
+//! inputs as contiguous slices, a CPU f32 tensor's elements, and how per-row kernels split rows.
+
+use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
 
@@ -8,6 +10,21 @@ use crate::error::{Error, Result};
 /// Whether the fused CPU kernels take `x`: a CPU tensor of f32 or f64.
 pub fn available(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Whether an op's CUDA kernels take `x`: an f32 tensor on a CUDA device ([`cuda_kernels_for`]).
+pub fn available_cuda(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && cuda_kernels_for(x)
+}
+
+/// Whether `x` is on a CUDA device and the CUDA kernels are on: in a build with the `cuda`
+/// feature, unless `RDROP_CUDA_KERNELS=0` sends such tensors to the composed ops instead (to
+/// measure one path against the other on the same GPU). Each op checks the dtypes it has.
+pub fn cuda_kernels_for(x: &Tensor) -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    cfg!(feature = "cuda")
+        && x.device().is_cuda()
+        && *ENABLED.get_or_init(|| std::env::var("RDROP_CUDA_KERNELS").map_or(true, |v| v != "0"))
 }
 
 /// A custom op's input `s` (layout `l`) as its contiguous slice of `T`; `op` and `what` name it in

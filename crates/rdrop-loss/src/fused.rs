@@ -7,18 +7,34 @@
 //! statistics and once for its gradient. Every output column has its true gradient, so any way of
 //! combining the columns backpropagates correctly.
 //!
-//! Only CPU tensors of f32 or f64 take this path (see [`available`]); everything else uses the
-//! composed ops, which also serve as the cross-check in the tests. Which tensors qualify, reading
-//! them and the float types come from `rdrop-kernels`, shared with the model's kernels.
+//! CPU tensors of f32 or f64 take this path, and with the `cuda` feature f32 CUDA tensors too,
+//! through the same formulas in `fused.cu` (see [`available`]); everything else uses the composed
+//! ops, which also serve as the cross-check in the tests. Which tensors qualify, reading them, the
+//! float types and the CUDA launches come from `rdrop-kernels`, shared with the model's kernels.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Whether `logits` can take the fused path.
-pub(crate) use rdrop_kernels::available;
 use rdrop_kernels::{contiguous, float_dispatch, Float};
 
+/// Whether `logits` can take the fused path (on the CPU or, built with `cuda`, on a GPU).
+pub(crate) fn available(logits: &Tensor) -> bool {
+    rdrop_kernels::available(logits) || rdrop_kernels::available_cuda(logits)
+}
+
 const OP: &str = "fused loss";
+
+#[cfg(feature = "cuda")]
+use {
+    candle_core::cuda_backend::cudarc::driver::PushKernelArg, candle_core::cuda_backend::WrapErr,
+    candle_core::CudaStorage, rdrop_kernels::cuda,
+};
+
+/// `fused.cu`, compiled to PTX by build.rs.
+#[cfg(feature = "cuda")]
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+#[cfg(feature = "cuda")]
+const CUDA_MODULE: &str = "rdrop_loss_fused";
 
 /// Columns of the single-copy statistics.
 pub(crate) mod single {
@@ -232,6 +248,50 @@ impl TokenStats {
     }
 }
 
+#[cfg(feature = "cuda")]
+impl TokenStats {
+    /// Launches `kernel` of `fused.cu`, one block per target row, on logits `[R, V]` and targets
+    /// `[n]`, plus `[stats | grad]` for the gradient kernel (`both`). The output, zeroed first (pad
+    /// rows stay zero), is `[n, width]` statistics or, with `both`, the `[R, V]` gradient.
+    fn launch_cuda(
+        &self,
+        kernel: &str,
+        (s1, l1): (&CudaStorage, &Layout),
+        (s2, l2): (&CudaStorage, &Layout),
+        both: Option<(&CudaStorage, &Layout)>,
+        v: usize,
+        n: usize,
+    ) -> Result<CudaStorage> {
+        let dev = &s1.device;
+        let x = cuda::contiguous_view::<f32>(s1, l1, OP, "logits")?;
+        let target = cuda::contiguous_view::<u32>(s2, l2, OP, "target")?;
+        let both = both
+            .map(|(s, l)| cuda::contiguous_view::<f32>(s, l, OP, "statistics"))
+            .transpose()?;
+        let len = match both {
+            Some(_) => l1.shape().elem_count(),
+            None => n * self.width(),
+        };
+        let out = dev.alloc_zeros::<f32>(len.max(1))?;
+        let (on, off) = self.smoothing(v);
+        let func = dev.get_or_load_custom_func(kernel, CUDA_MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&x);
+        b.arg(&target);
+        if let Some(both) = &both {
+            b.arg(both);
+        }
+        b.arg(&out);
+        candle_core::builder_arg!(b, n as i32, v as i32, self.pair as i32, self.pad, on, off);
+        if n > 0 {
+            // SAFETY: the kernels read `n` (or `2n`) rows of `v` logits, `n` targets and `n` rows
+            // of `2 · width` statistics, the shapes the callers checked, and write within `out`.
+            unsafe { b.launch(cuda::per_row(n)) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    }
+}
+
 impl CustomOp2 for TokenStats {
     fn name(&self) -> &'static str {
         "rdrop-token-stats"
@@ -254,6 +314,19 @@ impl CustomOp2 for TokenStats {
             n
         ));
         Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (_, v, n) = dims(self, l1, l2)?;
+        let out = self.launch_cuda("rdrop_token_stats_f32", (s1, l1), (s2, l2), None, v, n)?;
+        Ok((out, Shape::from((n, self.width()))))
     }
 
     fn bwd(
@@ -302,5 +375,27 @@ impl CustomOp3 for StatsGrad {
             self.0.backward(x, target, &stats, &grad, v, n)
         });
         Ok((out, shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (r, v, n) = dims(&self.0, l1, l2)?;
+        let w = self.0.width();
+        if l3.shape().dims() != [n, 2 * w] {
+            candle_core::bail!("fused loss gradient: statistics of shape {:?}", l3.shape())
+        }
+        let kernel = "rdrop_token_stats_grad_f32";
+        let out = self
+            .0
+            .launch_cuda(kernel, (s1, l1), (s2, l2), Some((s3, l3)), v, n)?;
+        Ok((out, Shape::from((r, v))))
     }
 }

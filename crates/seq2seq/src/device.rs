@@ -159,7 +159,47 @@ fn open_cuda(spec: &str, ordinal: usize) -> Result<Device, DeviceError> {
             spec: spec.to_string(),
         });
     }
-    Device::new_cuda(ordinal).map_err(|source| classify(spec, ordinal, source))
+    let device = Device::new_cuda(ordinal).map_err(|source| classify(spec, ordinal, source))?;
+    #[cfg(feature = "cuda")]
+    keep_freed_memory(&device).map_err(|cause| DeviceError::Cuda {
+        spec: spec.to_string(),
+        ordinal,
+        cause,
+    })?;
+    Ok(device)
+}
+
+/// candle allocates through cudarc from the device's default memory pool (`cuMemAllocAsync`),
+/// whose release threshold is 0: at every synchronisation the driver takes back the memory freed
+/// since, and the next training step maps it again. A threshold of `u64::MAX` keeps freed memory
+/// in the pool for reuse, as PyTorch's caching allocator does.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory(device: &Device) -> candle_core::Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    use candle_core::cuda_backend::WrapErr;
+    let Device::Cuda(dev) = device else {
+        return Ok(());
+    };
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().w()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's default pool, which lives as long as the context; the
+    // attribute takes a pointer to a u64.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .w()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .w()?;
+    }
+    Ok(())
 }
 
 /// Sorts a failed `Device::new_cuda` by the driver's error name. candle wraps cudarc's

@@ -133,6 +133,29 @@ impl DropoutRng {
         (self.lock().next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// Which elements dropout keeps: each independently 0 with probability `p`, else 1 (u8).
+    pub fn keep_mask(&self, shape: impl Into<Shape>, p: f64, device: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        let n = shape.elem_count();
+        if p >= 1.0 {
+            return Ok(Tensor::zeros(shape, DType::U8, device)?);
+        }
+        if !device.is_cpu() && !self.host_only {
+            // Kept iff u ≥ p for u uniform in [0, 1): on the device, no host round trip.
+            let u = Tensor::rand(0f32, 1f32, shape, device)?;
+            return Ok(u.ge(p)?);
+        }
+        // Element dropped iff its 32-bit draw is below p·2^32: one draw per element.
+        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
+        let mut bytes = vec![0u8; 4 * n];
+        self.lock().fill_bytes(&mut bytes);
+        let keep: Vec<u8> = bytes
+            .chunks_exact(4)
+            .map(|b| u8::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >= threshold))
+            .collect();
+        Ok(Tensor::from_vec(keep, shape, device)?)
+    }
+
     /// A dropout mask: each element independently 0 with probability `p`, else 1/(1-p).
     pub fn mask(
         &self,
@@ -141,44 +164,22 @@ impl DropoutRng {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let shape = shape.into();
-        let n = shape.elem_count();
-        if p >= 1.0 {
-            return Ok(Tensor::zeros(shape, dtype, device)?);
-        }
-        let scale = (1.0 / (1.0 - p)) as f32;
-        if !device.is_cpu() && !self.host_only {
-            // Kept iff u ≥ p for u uniform in [0, 1): on the device, no host round trip.
-            let u = Tensor::rand(0f32, 1f32, shape, device)?;
-            let keep = u.ge(p)?.to_dtype(DType::F32)?;
-            return Ok((keep * scale as f64)?.to_dtype(dtype)?);
-        }
-        // Element dropped iff its 32-bit draw is below p·2^32: one draw per element.
-        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
-        let mut bytes = vec![0u8; 4 * n];
-        self.lock().fill_bytes(&mut bytes);
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| {
-                let u = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                if u < threshold {
-                    0.0
-                } else {
-                    scale
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(values, shape, device)?;
-        Ok(if dtype == DType::F32 {
-            mask
-        } else {
-            mask.to_dtype(dtype)?
-        })
+        let keep = self.keep_mask(shape, p, device)?.to_dtype(DType::F32)?;
+        Ok((keep * f64::from(scale(p)))?.to_dtype(dtype)?)
     }
 
-    /// `x` times a fresh mask ([`DropoutRng::mask`]).
+    /// `x` with a fresh keep mask ([`DropoutRng::keep_mask`]) applied and scaled by 1/(1-p);
+    /// the backward keeps the one-byte mask, not an f32 one.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
-        let mask = self.mask(x.shape(), p, x.dtype(), x.device())?;
-        Ok(x.mul(&mask)?)
+        if p >= 1.0 {
+            return Ok(x.zeros_like()?);
+        }
+        let keep = self.keep_mask(x.shape(), p, x.device())?;
+        Ok(crate::ops::apply_keep_mask(x, &keep, scale(p))?)
     }
+}
+
+/// The factor kept elements are scaled by, 1/(1-p), as an f32 (what the masks hold).
+fn scale(p: f64) -> f32 {
+    (1.0 / (1.0 - p)) as f32
 }

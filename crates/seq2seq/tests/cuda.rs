@@ -85,18 +85,11 @@ fn batch(variant: &str) -> Batch {
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a
-        .to_device(&Device::Cpu)
+/// The largest |element| of `t` (any device and float dtype).
+fn max_abs(t: &Tensor) -> f32 {
+    t.to_device(&Device::Cpu)
         .unwrap()
         .to_dtype(DType::F32)
-        .unwrap();
-    let b = b
-        .to_device(&Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    (a - b)
         .unwrap()
         .abs()
         .unwrap()
@@ -106,6 +99,16 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let host = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    max_abs(&(host(a) - host(b)).unwrap())
 }
 
 fn eval_logits(variant: &str, dtype: DType, dev: &Device, b: &Batch) -> Tensor {
@@ -305,4 +308,80 @@ fn device_dropout_masks_have_the_rate_and_follow_the_seed() {
     assert!(a.iter().all(|&x| x == 0.0 || (x - scale).abs() < 1e-6));
     let dropped = a.iter().filter(|&&x| x == 0.0).count() as f64 / a.len() as f64;
     assert!((dropped - 0.3).abs() < 0.01, "dropped fraction {dropped}");
+}
+
+/// Deterministic values in about [-scale, scale], on the CPU.
+fn wave(shape: &[usize], seed: f32, scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| scale * (0.73 * i as f32 + seed).sin() * (0.011 * i as f32 + seed).cos())
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// The op's output and the gradient of Σ y ⊙ r for every input, computed on `dev` (results on
+/// the CPU).
+fn value_and_grads(
+    dev: &Device,
+    inputs: &[Tensor],
+    op: impl Fn(&[Tensor]) -> Tensor,
+) -> (Tensor, Vec<Tensor>) {
+    let vars: Vec<candle_core::Var> = inputs
+        .iter()
+        .map(|t| candle_core::Var::from_tensor(&t.to_device(dev).unwrap()).unwrap())
+        .collect();
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let y = op(&tensors);
+    let r = wave(y.dims(), 0.3, 1.0).to_device(dev).unwrap();
+    let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
+    let g = tensors
+        .iter()
+        .map(|t| host(grads.get(t).expect("every input has a gradient")))
+        .collect();
+    (host(&y), g)
+}
+
+/// `got` within `rel` of `want`, relative to the largest magnitude in `want`.
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
+    let scale = max_abs(want).max(1e-6);
+    let d = max_abs_diff(got, want);
+    assert!(
+        d <= rel * scale,
+        "{what}: max |cuda − cpu| {d} for values up to {scale}"
+    );
+}
+
+/// The model's fused ops on CUDA (candle's softmax and layer-norm kernels forward, the backward in
+/// tensor ops; `RDROP_CUDA_KERNELS=0` would send them to the composed ops) against the CPU's
+/// kernels: values and gradients within 1e-4 of the largest value, in f32.
+#[test]
+fn fused_ops_match_cpu_values_and_gradients() {
+    let Some(dev) = gpu("fused_ops_match_cpu_values_and_gradients") else {
+        return;
+    };
+    use rdrop_seq2seq::ops::{layer_norm, softmax_last_dim};
+    // Row widths below one warp, at a model's width, and above candle's 1024-thread switch.
+    for (rows, d) in [(9, 31), (37, 512), (5, 1536)] {
+        let x = wave(&[rows, d], 0.1, 3.0);
+        let (w, b) = (wave(&[d], 0.7, 1.5), wave(&[d], 1.9, 0.5));
+        let ln = |t: &[Tensor]| layer_norm(&t[0], &t[1], &t[2], 1e-5).unwrap();
+        let inputs = [x.clone(), w, b];
+        let (y_cpu, g_cpu) = value_and_grads(&Device::Cpu, &inputs, ln);
+        let (y_gpu, g_gpu) = value_and_grads(&dev, &inputs, ln);
+        assert_close(&format!("layer norm {rows}x{d}"), &y_gpu, &y_cpu, 1e-4);
+        for (name, (g, c)) in ["x", "weight", "bias"].iter().zip(g_gpu.iter().zip(&g_cpu)) {
+            assert_close(&format!("layer norm {rows}x{d} grad {name}"), g, c, 1e-4);
+        }
+        let sm = |t: &[Tensor]| softmax_last_dim(&(&t[0] * 4.0).unwrap()).unwrap();
+        let (y_cpu, g_cpu) = value_and_grads(&Device::Cpu, std::slice::from_ref(&x), sm);
+        let (y_gpu, g_gpu) = value_and_grads(&dev, &[x], sm);
+        assert_close(&format!("softmax {rows}x{d}"), &y_gpu, &y_cpu, 1e-4);
+        assert_close(
+            &format!("softmax {rows}x{d} grad"),
+            &g_gpu[0],
+            &g_cpu[0],
+            1e-4,
+        );
+    }
 }

@@ -1,9 +1,12 @@
 //! `layer_norm` over the last dimension with weight and bias `[D]`: the CPU forward and a backward
-//! whose parameter gradients are per-chunk sums; `layer_norm_composed` elsewhere and as reference.
+//! whose parameter gradients are per-chunk sums; on CUDA, candle's layer-norm kernel forward and a
+//! backward in tensor ops. `layer_norm_composed` elsewhere and as the reference.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
-use rdrop_kernels::{available, contiguous, float_dispatch, row_width, rows_per_task};
+use rdrop_kernels::{
+    available, available_cuda, contiguous, float_dispatch, row_width, rows_per_task,
+};
 
 const OP: &str = "layer norm";
 
@@ -14,7 +17,10 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if available(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+    if (available(x) || available_cuda(x))
+        && x.dtype() == weight.dtype()
+        && x.dtype() == bias.dtype()
+    {
         x.contiguous()?.apply_op3(
             &weight.contiguous()?,
             &bias.contiguous()?,
@@ -155,6 +161,50 @@ impl CustomOp3 for LayerNorm {
         Ok((out, x_layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        xs: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        ws: &candle_core::CudaStorage,
+        w_layout: &Layout,
+        bs: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::{kernels, WrapErr};
+        use rdrop_kernels::cuda::contiguous_view;
+        let d = row_width(x_layout, w_layout, OP)?;
+        row_width(x_layout, b_layout, OP)?;
+        let dev = &xs.device;
+        let x = contiguous_view::<f32>(xs, x_layout, OP, "x")?;
+        let w = contiguous_view::<f32>(ws, w_layout, OP, "weight")?;
+        let b = contiguous_view::<f32>(bs, b_layout, OP, "bias")?;
+        let el = x_layout.shape().elem_count();
+        let out = dev.alloc_zeros::<f32>(el.max(1))?;
+        if el > 0 {
+            // candle-nn's launch of its kernel (`layer_norm`): a warp per row below 1024 columns.
+            let block = if d < 1024 { 32 } else { 1024 };
+            let cfg = LaunchConfig {
+                grid_dim: ((el / d) as u32, 1, 1),
+                block_dim: (block, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let func = dev.get_or_load_func("layernorm_f32", &kernels::REDUCE)?;
+            let mut launch = func.builder();
+            launch.arg(&x);
+            launch.arg(&out);
+            launch.arg(&w);
+            launch.arg(&b);
+            candle_core::builder_arg!(launch, d as i32, block as i32, self.eps as f32);
+            // SAFETY: the kernel reads `el / d` rows of `d` values and the `[d]` parameters, and
+            // writes as many values.
+            unsafe { launch.launch(cfg) }.w()?;
+        }
+        let out = candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone());
+        Ok((out, x_layout.shape().clone()))
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -163,6 +213,10 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if !available(x) {
+            let (gx, gw, gb) = backward_composed(x, w, grad, self.eps)?;
+            return Ok((Some(gx), Some(gw), Some(gb)));
+        }
         let d = w.dim(0)?;
         let rows = x.elem_count() / d.max(1);
         let packed =
@@ -172,6 +226,38 @@ impl CustomOp3 for LayerNorm {
         let gb = packed.narrow(0, rows + 1, 1)?.reshape(d)?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
+}
+
+/// The backward of [`LayerNorm`] in tensor ops, for devices without its CPU kernel: the statistics
+/// are recomputed from `x` rather than kept from the forward. Returns (gx, gw, gb).
+fn backward_composed(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let d = w.dim(0)?;
+    let rows = x.elem_count() / d.max(1);
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let rstd = (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let xh = centred.broadcast_mul(&rstd)?;
+    // Sums over the rows as one matrix product each: a leading-dimension reduction is slow.
+    let ones = Tensor::ones((1, rows), g.dtype(), g.device())?;
+    let g2 = g.reshape((rows, d))?;
+    let gw = ones.matmul(&(&g2 * xh.reshape((rows, d))?)?)?.reshape(d)?;
+    let gb = ones.matmul(&g2)?.reshape(d)?;
+    // gx = rstd · (ĝ − mean(ĝ) − x̂ · mean(ĝ·x̂)), ĝ = g·w.
+    let gy = g.broadcast_mul(w)?;
+    let m1 = gy.mean_keepdim(D::Minus1)?;
+    let m2 = (&gy * &xh)?.mean_keepdim(D::Minus1)?;
+    let gx = gy
+        .broadcast_sub(&m1)?
+        .sub(&xh.broadcast_mul(&m2)?)?
+        .broadcast_mul(&rstd)?;
+    Ok((gx, gw, gb))
 }
 
 /// Backward of [`LayerNorm`]: (x, weight, grad) -> `[rows + 2, D]` = gx, then gw, then gb.
@@ -230,6 +316,22 @@ mod tests {
                 .zip(&grads(&composed, &[&x, &w, &b])),
         ) {
             close(&format!("grad {name}"), a, c);
+        }
+    }
+
+    #[test]
+    fn tensor_op_backward_matches_the_kernel() {
+        let (x, w, b) = (random(&[2, 7, 24], 4), random(&[24], 5), random(&[24], 6));
+        let y = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+        let want = grads(&y, &[&x, &w, &b]);
+        // The incoming gradient `grads` uses: its fixed random weights.
+        let g = random(y.dims(), 99);
+        let (gx, gw, gb) = backward_composed(&x, &w, &g, 1e-5).unwrap();
+        for (name, (got, want)) in ["x", "weight", "bias"]
+            .iter()
+            .zip([gx, gw, gb].iter().zip(&want))
+        {
+            close(&format!("grad {name}"), got, want);
         }
     }
 }

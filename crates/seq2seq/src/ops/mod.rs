@@ -1,5 +1,6 @@
-//! The model's fused CPU ops, one file each with its forward and backward and one entry point
-//! (`add_bias`, `layer_norm`, `single_query_attention`), and the attention softmax the layers share.
+//! The model's fused ops, one file each with its forward and backward and one entry point
+//! (`add_bias`, `layer_norm`, `softmax_last_dim`, `apply_keep_mask`, `single_query_attention`),
+//! CPU kernels and, built with `cuda`, CUDA ones; and the attention softmax the layers share.
 //!
 //! candle's composed versions reduce the bias and norm-weight gradients over the batch rows, a
 //! reduction over a leading dimension that candle's CPU backend does one element at a time with
@@ -9,14 +10,18 @@
 
 mod attention;
 mod bias_add;
+mod dropout;
 mod layer_norm;
+mod softmax;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 pub(crate) use attention::attend_rows;
 pub use attention::{single_query_attention, single_query_attention_composed};
 pub use bias_add::add_bias;
+pub use dropout::apply_keep_mask;
 pub use layer_norm::{layer_norm, layer_norm_composed};
+pub use softmax::softmax_last_dim;
 
 /// Tunes the CPU matrix product for decoding with frozen weights, process-wide (single-threaded
 /// products): gemm copies the weight into its panel layout whenever more than 48 rows multiply it,
@@ -29,8 +34,8 @@ pub fn prefer_unpacked_weights() {
 
 /// Attention weights: softmax over the last dimension of `scores` plus an optional additive
 /// `mask` (broadcast). Half-precision scores are normalised in f32, as PyTorch's autocast does.
-/// candle's `softmax_last_dim` is one fused kernel but has no backward, so anything a gradient may
-/// flow through takes the composed softmax.
+/// A gradient may flow through it: [`softmax_last_dim`] is fused forward and keeps only the
+/// probabilities for the backward.
 pub fn attention_probs(scores: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -41,12 +46,7 @@ pub fn attention_probs(scores: &Tensor, mask: Option<&Tensor>) -> candle_core::R
         DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
         _ => scores,
     };
-    let probs = if scores.track_op() {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
-    probs.to_dtype(dtype)
+    softmax_last_dim(&scores)?.to_dtype(dtype)
 }
 
 #[cfg(test)]
