@@ -153,6 +153,24 @@ pub fn cuda_unavailable_reason() -> Option<String> {
         .clone()
 }
 
+/// For CUDA tests: GPU 0, opened once per process, or `None` after printing why the test `test`
+/// skips. With `RDROP_REQUIRE_CUDA=1` (scripts/gpu-check.sh sets it) a missing GPU panics instead.
+pub fn cuda_for_test(test: &str) -> Option<Device> {
+    if let Some(why) = cuda_unavailable_reason() {
+        if std::env::var("RDROP_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+            panic!("{test}: RDROP_REQUIRE_CUDA=1 but no usable GPU: {why}");
+        }
+        eprintln!("skipping {test}: {why}");
+        return None;
+    }
+    // One device for the whole process: candle tells devices apart by the handle, not the GPU.
+    static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    Some(
+        DEV.get_or_init(|| parse_device("cuda:0").expect("GPU 0 opened a moment ago"))
+            .clone(),
+    )
+}
+
 fn open_cuda(spec: &str, ordinal: usize) -> Result<Device, DeviceError> {
     if !candle_core::utils::cuda_is_available() {
         return Err(DeviceError::NotCompiled {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 use rdrop_seq2seq::checkpoint;
-use rdrop_seq2seq::device::{cuda_unavailable_reason, parse_device};
+use rdrop_seq2seq::device::cuda_for_test;
 use rdrop_seq2seq::dropout::{DropoutRng, Mode};
 use rdrop_seq2seq::model::MarianModel;
 use serde_json::Value;
@@ -19,19 +19,7 @@ use serde_json::Value;
 const VARIANTS: [&str; 4] = ["opus", "separate-vocab", "untied-relu", "minimal-config"];
 
 fn gpu(test: &str) -> Option<Device> {
-    if let Some(why) = cuda_unavailable_reason() {
-        if std::env::var("RDROP_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
-            panic!("{test}: RDROP_REQUIRE_CUDA=1 but no usable GPU: {why}");
-        }
-        eprintln!("skipping {test}: {why}");
-        return None;
-    }
-    // One device for the whole process: candle tells devices apart by the handle, not the GPU.
-    static DEV: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
-    Some(
-        DEV.get_or_init(|| parse_device("cuda:0").expect("GPU 0 opened a moment ago"))
-            .clone(),
-    )
+    cuda_for_test(test)
 }
 
 fn model_dir(variant: &str) -> PathBuf {
