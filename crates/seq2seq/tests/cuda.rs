@@ -361,6 +361,21 @@ fn fused_ops_match_cpu_values_and_gradients() {
         for (name, (g, c)) in ["x", "weight", "bias"].iter().zip(g_gpu.iter().zip(&g_cpu)) {
             assert_close(&format!("layer norm {rows}x{d} grad {name}"), g, c, 1e-4);
         }
+        // bf16 (autocast): candle's bf16 kernel forward, the backward in f32; within 1e-2.
+        let ln16 = |t: &[Tensor]| {
+            let h: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+            layer_norm(&h[0], &h[1], &h[2], 1e-5).unwrap()
+        };
+        let (y16, g16) = value_and_grads(&dev, &inputs, ln16);
+        assert_close(&format!("bf16 layer norm {rows}x{d}"), &y16, &y_cpu, 1e-2);
+        for (name, (g, c)) in ["x", "weight", "bias"].iter().zip(g16.iter().zip(&g_cpu)) {
+            assert_close(
+                &format!("bf16 layer norm {rows}x{d} grad {name}"),
+                g,
+                c,
+                1e-2,
+            );
+        }
         let sm = |t: &[Tensor]| softmax_last_dim(&(&t[0] * 4.0).unwrap()).unwrap();
         let (y_cpu, g_cpu) = value_and_grads(&Device::Cpu, std::slice::from_ref(&x), sm);
         let (y_gpu, g_gpu) = value_and_grads(&dev, &[x], sm);

@@ -1,11 +1,12 @@
 //! `layer_norm` over the last dimension with weight and bias `[D]`: the CPU forward and a backward
-//! whose parameter gradients are per-chunk sums; on CUDA, candle's layer-norm kernel forward and a
-//! backward in tensor ops. `layer_norm_composed` elsewhere and as the reference.
+//! whose parameter gradients are per-chunk sums; on CUDA (f32, bf16), candle's layer-norm kernel
+//! forward and a backward in tensor ops. `layer_norm_composed` elsewhere and as the reference.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor, WithDType, D};
 use rayon::prelude::*;
 use rdrop_kernels::{
-    available, available_cuda, contiguous, float_dispatch, row_width, rows_per_task,
+    available, available_cuda, contiguous, cuda_kernels_for, float_dispatch, row_width,
+    rows_per_task,
 };
 
 const OP: &str = "layer norm";
@@ -17,7 +18,8 @@ pub fn layer_norm(
     bias: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    if (available(x) || available_cuda(x))
+    let cuda_bf16 = x.dtype() == DType::BF16 && cuda_kernels_for(x);
+    if (available(x) || available_cuda(x) || cuda_bf16)
         && x.dtype() == weight.dtype()
         && x.dtype() == bias.dtype()
     {
@@ -171,37 +173,59 @@ impl CustomOp3 for LayerNorm {
         bs: &candle_core::CudaStorage,
         b_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-        use candle_core::cuda_backend::{kernels, WrapErr};
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::{
+            DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{kernels, CudaDType, WrapErr};
+        use candle_core::CudaStorage;
         use rdrop_kernels::cuda::contiguous_view;
-        let d = row_width(x_layout, w_layout, OP)?;
-        row_width(x_layout, b_layout, OP)?;
-        let dev = &xs.device;
-        let x = contiguous_view::<f32>(xs, x_layout, OP, "x")?;
-        let w = contiguous_view::<f32>(ws, w_layout, OP, "weight")?;
-        let b = contiguous_view::<f32>(bs, b_layout, OP, "bias")?;
-        let el = x_layout.shape().elem_count();
-        let out = dev.alloc_zeros::<f32>(el.max(1))?;
-        if el > 0 {
-            // candle-nn's launch of its kernel (`layer_norm`): a warp per row below 1024 columns.
-            let block = if d < 1024 { 32 } else { 1024 };
-            let cfg = LaunchConfig {
-                grid_dim: ((el / d) as u32, 1, 1),
-                block_dim: (block, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            let func = dev.get_or_load_func("layernorm_f32", &kernels::REDUCE)?;
-            let mut launch = func.builder();
-            launch.arg(&x);
-            launch.arg(&out);
-            launch.arg(&w);
-            launch.arg(&b);
-            candle_core::builder_arg!(launch, d as i32, block as i32, self.eps as f32);
-            // SAFETY: the kernel reads `el / d` rows of `d` values and the `[d]` parameters, and
-            // writes as many values.
-            unsafe { launch.launch(cfg) }.w()?;
+
+        /// candle-nn's launch of its kernel (`layer_norm`): a warp per row below 1024 columns.
+        fn launch<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+            kernel: &str,
+            eps: f64,
+            (xs, x_layout): (&CudaStorage, &Layout),
+            (ws, w_layout): (&CudaStorage, &Layout),
+            (bs, b_layout): (&CudaStorage, &Layout),
+        ) -> candle_core::Result<CudaStorage> {
+            let d = row_width(x_layout, w_layout, OP)?;
+            row_width(x_layout, b_layout, OP)?;
+            let dev = &xs.device;
+            let x = contiguous_view::<T>(xs, x_layout, OP, "x")?;
+            let w = contiguous_view::<T>(ws, w_layout, OP, "weight")?;
+            let b = contiguous_view::<T>(bs, b_layout, OP, "bias")?;
+            let el = x_layout.shape().elem_count();
+            let out = dev.alloc_zeros::<T>(el.max(1))?;
+            if el > 0 {
+                let block = if d < 1024 { 32 } else { 1024 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((el / d) as u32, 1, 1),
+                    block_dim: (block, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let func = dev.get_or_load_func(kernel, &kernels::REDUCE)?;
+                let mut launch = func.builder();
+                launch.arg(&x);
+                launch.arg(&out);
+                launch.arg(&w);
+                launch.arg(&b);
+                candle_core::builder_arg!(launch, d as i32, block as i32, eps as f32);
+                // SAFETY: the kernel reads `el / d` rows of `d` values and the `[d]` parameters,
+                // and writes as many values.
+                unsafe { launch.launch(cfg) }.w()?;
+            }
+            Ok(T::wrap_cuda_slice(out, dev.clone()))
         }
-        let out = candle_core::CudaStorage::wrap_cuda_slice(out, dev.clone());
+
+        let args = ((xs, x_layout), (ws, w_layout), (bs, b_layout));
+        let out = match xs.dtype() {
+            DType::F32 => launch::<f32>("layernorm_f32", self.eps, args.0, args.1, args.2)?,
+            DType::BF16 => {
+                launch::<half::bf16>("layernorm_bf16", self.eps, args.0, args.1, args.2)?
+            }
+            dtype => candle_core::bail!("layer norm: no CUDA kernel for {dtype:?}"),
+        };
         Ok((out, x_layout.shape().clone()))
     }
 
@@ -214,8 +238,16 @@ impl CustomOp3 for LayerNorm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         if !available(x) {
-            let (gx, gw, gb) = backward_composed(x, w, grad, self.eps)?;
-            return Ok((Some(gx), Some(gw), Some(gb)));
+            // Half precision: the statistics and sums in f32 (as PyTorch's kernels), the
+            // gradients back in the input's dtype.
+            let dtype = x.dtype();
+            let up = |t: &Tensor| match dtype {
+                DType::BF16 | DType::F16 => t.to_dtype(DType::F32),
+                _ => Ok(t.clone()),
+            };
+            let (gx, gw, gb) = backward_composed(&up(x)?, &up(w)?, &up(grad)?, self.eps)?;
+            let down = |t: Tensor| t.to_dtype(dtype);
+            return Ok((Some(down(gx)?), Some(down(gw)?), Some(down(gb)?)));
         }
         let d = w.dim(0)?;
         let rows = x.elem_count() / d.max(1);
@@ -316,6 +348,47 @@ mod tests {
                 .zip(&grads(&composed, &[&x, &w, &b])),
         ) {
             close(&format!("grad {name}"), a, c);
+        }
+    }
+
+    /// The backward CUDA bf16 takes (statistics in f32, gradients back in bf16), run here on CPU
+    /// bf16 tensors: within bf16's rounding (1e-2 of the largest value) of the f64 gradients.
+    #[test]
+    fn half_precision_backward_stays_within_bf16_rounding() {
+        let (x, w, b) = (random(&[3, 5, 64], 7), random(&[64], 8), random(&[64], 9));
+        let y = layer_norm_composed(&x, &w, &b, 1e-5).unwrap();
+        let want = grads(&y, &[&x, &w, &b]);
+        let g = random(y.dims(), 99);
+        let half = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let (gx, gw, gb) = LayerNorm { eps: 1e-5 }
+            .bwd(&half(&x), &half(&w), &half(&b), &half(&y), &half(&g))
+            .unwrap();
+        for (name, (got, want)) in ["x", "weight", "bias"]
+            .iter()
+            .zip([gx, gw, gb].iter().zip(&want))
+        {
+            let got = got.as_ref().unwrap();
+            assert_eq!(got.dtype(), DType::BF16, "{name}");
+            let got = got.to_dtype(DType::F64).unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            let err = (&got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(
+                err <= 1e-2 * scale,
+                "grad {name}: error {err} for values up to {scale}"
+            );
         }
     }
 
