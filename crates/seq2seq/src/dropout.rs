@@ -164,15 +164,48 @@ impl DropoutRng {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
-        let keep = self.keep_mask(shape, p, device)?.to_dtype(DType::F32)?;
-        Ok((keep * f64::from(scale(p)))?.to_dtype(dtype)?)
+        let shape = shape.into();
+        if p >= 1.0 {
+            return Ok(Tensor::zeros(shape, dtype, device)?);
+        }
+        if !device.is_cpu() && !self.host_only {
+            let keep = self.keep_mask(shape, p, device)?.to_dtype(DType::F32)?;
+            return Ok((keep * f64::from(scale(p)))?.to_dtype(dtype)?);
+        }
+        // On the host in one pass, the same draws as `keep_mask`.
+        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
+        let mut bytes = vec![0u8; 4 * shape.elem_count()];
+        self.lock().fill_bytes(&mut bytes);
+        let s = scale(p);
+        let values: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| {
+                if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) < threshold {
+                    0.0
+                } else {
+                    s
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(values, shape, device)?;
+        Ok(if dtype == DType::F32 {
+            mask
+        } else {
+            mask.to_dtype(dtype)?
+        })
     }
 
-    /// `x` with a fresh keep mask ([`DropoutRng::keep_mask`]) applied and scaled by 1/(1-p);
-    /// the backward keeps the one-byte mask, not an f32 one.
+    /// `x` with dropout of probability `p`, scaled by 1/(1-p). On a GPU from a keep mask
+    /// ([`DropoutRng::keep_mask`]), so the backward keeps one byte per element, not an f32.
     pub fn dropout(&self, x: &Tensor, p: f64) -> Result<Tensor> {
         if p >= 1.0 {
             return Ok(x.zeros_like()?);
+        }
+        if x.device().is_cpu() {
+            // The CPU keeps the f32 mask: its training speed measured no better with the byte
+            // mask (scripts/bench_ab.sh), and the masks are the same draws either way.
+            let mask = self.mask(x.shape(), p, x.dtype(), x.device())?;
+            return Ok(x.mul(&mask)?);
         }
         let keep = self.keep_mask(x.shape(), p, x.device())?;
         Ok(crate::ops::apply_keep_mask(x, &keep, scale(p))?)

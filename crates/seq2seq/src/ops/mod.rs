@@ -14,7 +14,7 @@ mod dropout;
 mod layer_norm;
 mod softmax;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, D};
 
 pub(crate) use attention::attend_rows;
 pub use attention::{single_query_attention, single_query_attention_composed};
@@ -34,8 +34,8 @@ pub fn prefer_unpacked_weights() {
 
 /// Attention weights: softmax over the last dimension of `scores` plus an optional additive
 /// `mask` (broadcast). Half-precision scores are normalised in f32, as PyTorch's autocast does.
-/// A gradient may flow through it: [`softmax_last_dim`] is fused forward and keeps only the
-/// probabilities for the backward.
+/// A gradient may flow through it: on CUDA [`softmax_last_dim`] is fused forward and keeps only
+/// the probabilities for the backward.
 pub fn attention_probs(scores: &Tensor, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -46,7 +46,16 @@ pub fn attention_probs(scores: &Tensor, mask: Option<&Tensor>) -> candle_core::R
         DType::BF16 | DType::F16 => scores.to_dtype(DType::F32)?,
         _ => scores,
     };
-    softmax_last_dim(&scores)?.to_dtype(dtype)
+    // On the CPU, training keeps the composed softmax: the fused one measured no faster there
+    // (scripts/bench_ab.sh); on CUDA it saves the composed ops' intermediates.
+    let probs = if rdrop_kernels::available_cuda(&scores) {
+        softmax_last_dim(&scores)?
+    } else if scores.track_op() {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    probs.to_dtype(dtype)
 }
 
 #[cfg(test)]
