@@ -133,6 +133,24 @@ impl DropoutRng {
         (self.lock().next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// `n` mask values drawn on the host, `kept` or `dropped`: element dropped iff its 32-bit
+    /// draw is below p·2^32, one draw per element (both mask kinds, so they are the same draws).
+    fn host_mask<T: Copy>(&self, n: usize, p: f64, kept: T, dropped: T) -> Vec<T> {
+        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
+        let mut bytes = vec![0u8; 4 * n];
+        self.lock().fill_bytes(&mut bytes);
+        bytes
+            .chunks_exact(4)
+            .map(|b| {
+                if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >= threshold {
+                    kept
+                } else {
+                    dropped
+                }
+            })
+            .collect()
+    }
+
     /// Which elements dropout keeps: each independently 0 with probability `p`, else 1 (u8).
     pub fn keep_mask(&self, shape: impl Into<Shape>, p: f64, device: &Device) -> Result<Tensor> {
         let shape = shape.into();
@@ -145,14 +163,7 @@ impl DropoutRng {
             let u = Tensor::rand(0f32, 1f32, shape, device)?;
             return Ok(u.ge(p)?);
         }
-        // Element dropped iff its 32-bit draw is below p·2^32: one draw per element.
-        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
-        let mut bytes = vec![0u8; 4 * n];
-        self.lock().fill_bytes(&mut bytes);
-        let keep: Vec<u8> = bytes
-            .chunks_exact(4)
-            .map(|b| u8::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >= threshold))
-            .collect();
+        let keep = self.host_mask(n, p, 1u8, 0u8);
         Ok(Tensor::from_vec(keep, shape, device)?)
     }
 
@@ -172,21 +183,7 @@ impl DropoutRng {
             let keep = self.keep_mask(shape, p, device)?.to_dtype(DType::F32)?;
             return Ok((keep * f64::from(scale(p)))?.to_dtype(dtype)?);
         }
-        // On the host in one pass, the same draws as `keep_mask`.
-        let threshold = (p * 4294967296.0).min(4294967295.0) as u32;
-        let mut bytes = vec![0u8; 4 * shape.elem_count()];
-        self.lock().fill_bytes(&mut bytes);
-        let s = scale(p);
-        let values: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| {
-                if u32::from_le_bytes([b[0], b[1], b[2], b[3]]) < threshold {
-                    0.0
-                } else {
-                    s
-                }
-            })
-            .collect();
+        let values = self.host_mask(shape.elem_count(), p, scale(p), 0.0f32);
         let mask = Tensor::from_vec(values, shape, device)?;
         Ok(if dtype == DType::F32 {
             mask
