@@ -7,6 +7,7 @@ fn compile_ptx(src: &str, ptx: &str) {
     use std::path::PathBuf;
     println!("cargo::rerun-if-changed={src}");
     println!("cargo::rerun-if-changed=../kernels/cuda/emulate.hpp");
+    println!("cargo::rerun-if-changed=../kernels/cuda/block_reduce.cuh");
     for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP"] {
         println!("cargo::rerun-if-env-changed={var}");
     }

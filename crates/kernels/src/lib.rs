@@ -11,6 +11,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod emulate;
 mod error;
 mod float;
 mod host;

@@ -6,31 +6,7 @@
 
 #include <stdint.h>
 
-// Threads per block: must equal rdrop_kernels::cuda::ROW_THREADS.
-#define THREADS 256
-#define WARPS (THREADS / 32)
-
-// The block's sum (every thread gets it); `shared` has one slot per warp.
-__device__ double block_sum(double v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __syncthreads();  // an earlier reduction has finished reading `shared`
-    if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double total = 0.0;
-    for (int w = 0; w < WARPS; ++w) total += shared[w];
-    return total;
-}
-
-// The block's max; NaN is ignored, as the CPU's `x > max` does (a NaN still poisons the sums).
-__device__ float block_max(float v, double* shared) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = (double)v;
-    __syncthreads();
-    float m = -INFINITY;
-    for (int w = 0; w < WARPS; ++w) m = fmaxf(m, (float)shared[w]);
-    return m;
-}
+#include "../../kernels/cuda/block_reduce.cuh"
 
 struct RowSums {
     float max;
