@@ -32,7 +32,11 @@
 # 2b. with NCU=1 (and ncu on PATH), GPU time per kernel over 2 training steps of each (ncu-*.csv and
 #     the top 25 kernels in gpu-check.json); ncu replays each kernel, so this adds minutes.
 #  3. `rdrop translate --device cuda --token-ids` throughput: 1024 sources of 20 random ids, exactly
-#     32 new tokens each (min = max), greedy and beam 4, whole-process wall time.
+#     32 new tokens each (min = max), greedy and beam 4, batches of 64, whole-process wall time (and
+#     without the model's loading); `--profile-phases` on 256 of them (encode, decoder steps, logits
+#     download, cache row selection, host search per step); and transformers' `generate` on the same
+#     GPU, model, sources and settings (scripts/cuda/bench_translate_cuda.py, median of 2 passes
+#     after a warm-up batch).
 #
 # Op audit (candle 0.11.1, read from its sources): every op the model and criteria use has a CUDA
 # kernel and a backward: matmul (cuBLAS; the backward matmuls transposed views), exp/log/sqrt/silu/
@@ -296,20 +300,37 @@ say "stage 3: translate throughput"
 if [ -f "$model/config.json" ]; then
   vocab=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")
   "$PY" scripts/cuda/gpu_check_util.py ids "$W/src.ids" 1024 20 "$vocab" 7
+  head -n 256 "$W/src.ids" >"$W/src256.ids"
   tr_json="["
   for beam in 1 4; do
     rm -f "$W/hyp.ids"
     s=$(date +%s.%N)
     stage 120 "$rdrop" translate --model "$model" --device cuda --token-ids --input "$W/src.ids" \
-      --output "$W/hyp.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 128 --quiet
+      --output "$W/hyp.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 64 --quiet
     rc=$?
     e=$(date +%s.%N)
     [ $rc -ne 0 ] && rm -f "$W/hyp.ids"
     secs=$("$PY" -c "print(round($e - $s, 3))")
     lines=0
     [ -f "$W/hyp.ids" ] && lines=$(wc -l <"$W/hyp.ids")
-    say "  beam $beam: rc $rc, $lines lines in ${secs}s"
-    tr_json+="{\"beam\":$beam,\"rc\":$rc,\"sentences\":$lines,\"new_tokens_each\":32,\"wall_s\":$secs,\"sent_per_s\":$("$PY" -c "print(round($lines / max($secs, 1e-9), 1))")},"
+    # Where a step's time goes (every phase synchronised, so a little slower): 256 sources.
+    stage 90 "$rdrop" translate --model "$model" --device cuda --token-ids --input "$W/src256.ids" \
+      --output "$W/hyp256.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 64 \
+      --quiet --profile-phases 2>"$W/phases.txt"
+    phases=$(sed -n 's/^phases: //p' "$W/phases.txt" | tail -n 1)
+    load=$("$PY" -c "import json,sys; print(json.loads(sys.argv[1] or '{}').get('load_s', 0))" "$phases")
+    say "  rdrop beam $beam: rc $rc, $lines lines in ${secs}s (load ${load}s); phases $phases"
+    tr_json+="{\"engine\":\"rdrop\",\"beam\":$beam,\"rc\":$rc,\"batch\":64,\"sentences\":$lines,\"new_tokens_each\":32,\"wall_s\":$secs,\"load_s\":$load,"
+    tr_json+="\"sent_per_s\":$("$PY" -c "print(round($lines / max($secs, 1e-9), 1))"),"
+    tr_json+="\"sent_per_s_after_load\":$("$PY" -c "print(round($lines / max($secs - $load, 1e-9), 1))"),"
+    tr_json+="\"phases_256\":${phases:-null}},"
+    # transformers' generate on the same GPU, model, sources and settings.
+    if stage 150 "$PY" scripts/cuda/bench_translate_cuda.py --model-dir "$model" --ids "$W/src.ids" \
+        --beam $beam --batch 64 --new-tokens 32 --repeats 2 >"$W/peer-tr.json"; then
+      peer=$(tail -n 1 "$W/peer-tr.json")
+      say "  transformers beam $beam: $peer"
+      tr_json+="$peer,"
+    fi
   done
   result translate "${tr_json%,}]"
 fi

@@ -630,3 +630,63 @@ impl ArgPath for common::Rdrop {
         self.args([PathBuf::from(p)])
     }
 }
+
+#[test]
+fn profile_phases_counts_every_step_and_changes_no_output() {
+    let sb = Sandbox::new();
+    let model = opus();
+    let ids = "5 9 13 0\n7 7 21 30 4 0\n11 0\n";
+    let run = |profile: bool| {
+        let mut args = vec![
+            "translate",
+            "--model",
+            &model,
+            "--token-ids",
+            "--beam",
+            "1",
+            "--max-new-tokens",
+            "12",
+        ];
+        if profile {
+            args.push("--profile-phases");
+        }
+        sb.rdrop().args(args).stdin(ids).output()
+    };
+    let plain = run(false);
+    let timed = run(true);
+    assert!(plain.status.success() && timed.status.success());
+    assert_eq!(
+        timed.stdout, plain.stdout,
+        "profiling changed the translations"
+    );
+    let stderr = String::from_utf8_lossy(&timed.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("phases: "))
+        .unwrap_or_else(|| panic!("no phases line in:\n{stderr}"));
+    let p: Value = serde_json::from_str(line).unwrap();
+    // Greedy search feeds every unfinished sentence once per step, so the rows fed are the output
+    // tokens (each line's ids, `</s>` included) and the steps of the one batch are the longest line.
+    let out = String::from_utf8(plain.stdout).unwrap();
+    let lens: Vec<u64> = out
+        .lines()
+        .map(|l| l.split_whitespace().count() as u64)
+        .collect();
+    assert_eq!(p["batches"], 1);
+    assert_eq!(p["rows"].as_u64(), Some(lens.iter().sum()));
+    assert_eq!(p["steps"].as_u64(), lens.iter().max().copied());
+    for k in [
+        "load_s",
+        "encode_s",
+        "step_s",
+        "download_s",
+        "select_s",
+        "search_s",
+    ] {
+        let s = p[k].as_f64().unwrap_or(-1.0);
+        assert!(
+            s >= 0.0 && s <= p["wall_s"].as_f64().unwrap(),
+            "{k} = {s} in {line}"
+        );
+    }
+}

@@ -143,6 +143,19 @@ def summary(work, out):
     t = res.get("train_rdrop_f32_composed"), res.get("train_rdrop_f32")
     if all(isinstance(x, dict) and x.get("tgt_tokens_per_s") for x in t):
         res["train_ratio_kernels_over_composed_f32"] = round(t[1]["tgt_tokens_per_s"] / t[0]["tgt_tokens_per_s"], 3)
+    tr = res.get("translate")
+    if isinstance(tr, list):
+        ratios = {}
+        for beam in sorted({r.get("beam") for r in tr if isinstance(r, dict)}, key=str):
+            ours = [r for r in tr if r.get("beam") == beam and r.get("engine") == "rdrop" and r.get("sentences")]
+            peer = [r for r in tr if r.get("beam") == beam and r.get("engine") == "transformers"]
+            if ours and peer and peer[0].get("sent_per_s"):
+                ratios[f"beam{beam}"] = {
+                    "whole_process": round(ours[0]["sent_per_s"] / peer[0]["sent_per_s"], 3),
+                    "after_load": round(ours[0].get("sent_per_s_after_load", 0) / peer[0]["sent_per_s"], 3),
+                }
+        if ratios:
+            res["translate_ratio_rdrop_over_transformers"] = ratios
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     print(json.dumps(res, indent=1))

@@ -9,10 +9,11 @@
 use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
-use rdrop_seq2seq::generate::{self, GenerateConfig, Hypothesis};
+use rdrop_seq2seq::generate::{self, DecodeProfile, GenerateConfig, Hypothesis};
 use rdrop_seq2seq::tokenizer::MarianTokenizer;
 use rdrop_text::LineRules;
 
@@ -85,6 +86,12 @@ pub struct Args {
     /// [default: one per core]
     #[arg(long, help_heading = "Device")]
     pub threads: Option<usize>,
+    /// Time the phases of decoding (loading, encoding, decoder steps, copying logits to the host,
+    /// cache row selection, the search on the host), waiting for the device after each, and print
+    /// their totals and per-step means to standard error at the end (one JSON line). Slows GPU
+    /// decoding a little: for finding where the time goes
+    #[arg(long, help_heading = "Device")]
+    pub profile_phases: bool,
 }
 
 /// One input line: its 1-based number and text.
@@ -238,12 +245,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .num_threads(workers)
         .build()
         .context("cannot start the decoding threads")?;
+    let started = Instant::now();
     let model_dir = rdrop_seq2seq::checkpoint::resolve(&args.model)
         .with_context(|| format!("cannot find model `{}`", args.model))?;
     let cfg = decoding_config(&args, Some(&model_dir))?;
     let (model_cfg, model) =
         rdrop_seq2seq::checkpoint::load_frozen(&args.model, candle_core::DType::F32, &device)
             .with_context(|| format!("cannot load model `{}`", args.model))?;
+    if args.profile_phases {
+        device.synchronize()?;
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    let profile = args
+        .profile_phases
+        .then(|| Mutex::new(DecodeProfile::default()));
     let max_pos = model_cfg.max_position_embeddings;
     let codec = if args.token_ids {
         Codec::Ids {
@@ -373,9 +388,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &model,
             &srcs,
             &cfg,
-            args.batch_tokens,
-            args.batch_size,
+            (args.batch_tokens, args.batch_size),
             &progress,
+            profile.as_ref(),
         )?;
         let write_chunk = |out: &mut dyn Write, n_sent: &mut usize| -> anyhow::Result<()> {
             for h in &hyps {
@@ -399,7 +414,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     out.flush()?;
     progress.finish();
+    if let Some(p) = profile {
+        let p = p.into_inner().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "{}",
+            phases_json(&p, load_s, started.elapsed().as_secs_f64())
+        );
+    }
     Ok(())
+}
+
+/// The `--profile-phases` line: seconds per phase, and milliseconds per decoder step for the
+/// phases every step goes through.
+fn phases_json(p: &DecodeProfile, load_s: f64, wall_s: f64) -> String {
+    let per_step = |s: f64| s * 1e3 / p.steps.max(1) as f64;
+    let r = |x: f64| (x * 1e4).round() / 1e4;
+    let j = serde_json::json!({
+        "load_s": r(load_s),
+        "wall_s": r(wall_s),
+        "batches": p.batches,
+        "steps": p.steps,
+        "rows": p.rows,
+        "encode_s": r(p.encode_s),
+        "step_s": r(p.step_s),
+        "download_s": r(p.download_s),
+        "select_s": r(p.select_s),
+        "search_s": r(p.search_s),
+        "step_ms_per_step": r(per_step(p.step_s)),
+        "download_ms_per_step": r(per_step(p.download_s)),
+        "select_ms_per_step": r(per_step(p.select_s)),
+        "search_ms_per_step": r(per_step(p.search_s)),
+    });
+    format!("phases: {j}")
 }
 
 /// Lines in a file as the reader will see them: newlines, plus a last line without one.
@@ -427,9 +473,9 @@ fn translate_chunk(
     model: &rdrop_seq2seq::InferenceModel,
     srcs: &[Option<Vec<u32>>],
     cfg: &GenerateConfig,
-    batch_tokens: usize,
-    batch_size: usize,
+    (batch_tokens, batch_size): (usize, usize),
     progress: &Progress,
+    profile: Option<&Mutex<DecodeProfile>>,
 ) -> anyhow::Result<Vec<Vec<Hypothesis>>> {
     use rayon::prelude::*;
     let idx: Vec<usize> = (0..srcs.len()).filter(|&i| srcs[i].is_some()).collect();
@@ -447,7 +493,15 @@ fn translate_chunk(
                     .iter()
                     .map(|&j| srcs[idx[j]].clone().unwrap_or_default())
                     .collect();
-                let hyps = generate::generate(model, &batch_srcs, cfg)?;
+                let hyps = match profile {
+                    None => generate::generate(model, &batch_srcs, cfg)?,
+                    Some(total) => {
+                        let mut p = DecodeProfile::default();
+                        let hyps = generate::generate_profiled(model, &batch_srcs, cfg, &mut p)?;
+                        total.lock().unwrap_or_else(|e| e.into_inner()).merge(&p);
+                        hyps
+                    }
+                };
                 // Counted here, on the worker that decoded it: the main thread only hears of a
                 // chunk's batches when the last of them is done.
                 let tokens = hyps

@@ -37,10 +37,10 @@ struct Batch {
     max_abs_logit: f32,
 }
 
-fn ids(v: &Value, key: &str) -> Tensor {
-    let rows: Vec<Vec<u32>> = v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("reference.json has no {key}"))
+/// Rows of token ids from a JSON array of arrays.
+fn id_rows(v: &Value) -> Vec<Vec<u32>> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array of id rows: {v}"))
         .iter()
         .map(|r| {
             r.as_array()
@@ -49,7 +49,11 @@ fn ids(v: &Value, key: &str) -> Tensor {
                 .map(|x| x.as_u64().unwrap() as u32)
                 .collect()
         })
-        .collect();
+        .collect()
+}
+
+fn ids(v: &Value, key: &str) -> Tensor {
+    let rows = id_rows(&v[key]);
     let (b, t) = (rows.len(), rows[0].len());
     Tensor::from_vec(rows.concat(), (b, t), &Device::Cpu).unwrap()
 }
@@ -386,5 +390,95 @@ fn fused_ops_match_cpu_values_and_gradients() {
             &g_cpu[0],
             1e-4,
         );
+    }
+}
+
+/// The search's top-k kernel against its CPU kernel (which tests/generate.rs checks against
+/// transformers through the searches): the same tokens and values, normalisers within 1e-5.
+#[test]
+fn masked_top_k_matches_cpu() {
+    use rdrop_seq2seq::generate::{masked_top_k, TopRequest};
+    let Some(dev) = gpu("masked_top_k_matches_cpu") else {
+        return;
+    };
+    for v in [57usize, 1000, 58101] {
+        let rows = 5;
+        // A coarse grid of values: many ties, broken by the lower token on both devices.
+        let x: Vec<f32> = (0..rows * v)
+            .map(|i| ((i * 7919) % 1001) as f32 / 37.0 - 13.0)
+            .collect();
+        let cpu = Tensor::from_vec(x, (rows, v), &Device::Cpu).unwrap();
+        let cuda = cpu.to_device(&dev).unwrap();
+        for req in [
+            TopRequest {
+                banned: vec![1],
+                k: 1,
+                renormalize: true,
+            },
+            TopRequest {
+                banned: vec![1, 0],
+                k: 8,
+                renormalize: true,
+            },
+            TopRequest {
+                banned: vec![3],
+                k: 16,
+                renormalize: false,
+            },
+        ] {
+            let want = masked_top_k(&cpu, &req).unwrap().to_vec2::<f32>().unwrap();
+            let got = masked_top_k(&cuda, &req).unwrap().to_vec2::<f32>().unwrap();
+            for (r, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g[0] - w[0]).abs() <= 1e-5 * (1.0 + w[0].abs()),
+                    "V {v}, row {r}, {req:?}: norm {} vs CPU {}",
+                    g[0],
+                    w[0]
+                );
+                assert_eq!(&g[1..], &w[1..], "V {v}, row {r}, {req:?}");
+            }
+        }
+    }
+}
+
+/// Decoding on the GPU, whose search takes the device's top-k (the default there), gives the CPU's
+/// hypotheses (host search), greedy and beam 4, on the opus fixture's reference sources.
+#[test]
+fn device_search_decodes_like_the_cpu() {
+    use rdrop_seq2seq::generate::{self, GenerateConfig};
+    let Some(dev) = gpu("device_search_decodes_like_the_cpu") else {
+        return;
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/decode/opus.json");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let srcs = id_rows(&reference["src_ids"]);
+    let dir = model_dir("opus").display().to_string();
+    let (_, on_cpu) = checkpoint::load_frozen(&dir, DType::F32, &Device::Cpu).unwrap();
+    let (_, on_gpu) = checkpoint::load_frozen(&dir, DType::F32, &dev).unwrap();
+    for beam in [1, 4] {
+        let cfg = GenerateConfig {
+            beam,
+            nbest: beam,
+            max_new_tokens: Some(16),
+            min_new_tokens: 2,
+            ..GenerateConfig::default()
+        };
+        let want = generate::generate(&on_cpu, &srcs, &cfg).unwrap();
+        let got = generate::generate(&on_gpu, &srcs, &cfg).unwrap();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let toks =
+                |h: &[generate::Hypothesis]| h.iter().map(|x| x.tokens.clone()).collect::<Vec<_>>();
+            assert_eq!(toks(g), toks(w), "beam {beam}, sentence {i}");
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    (a.score - b.score).abs() < 1e-3,
+                    "beam {beam}, sentence {i}: {} vs {}",
+                    a.score,
+                    b.score
+                );
+            }
+        }
     }
 }

@@ -84,6 +84,7 @@ fn config_from_settings(s: &Value) -> GenerateConfig {
             .get("renormalize_logits")
             .and_then(|v| v.as_bool())
             .unwrap_or(false),
+        device_search: None,
     }
 }
 
@@ -109,9 +110,23 @@ fn check_variant(variant: &str) {
     let (start, pad) = (c.decoder_start_token_id, c.pad_token_id);
     let srcs = ids(&reference["src_ids"]);
     let mut failures = Vec::new();
-    for case in reference["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let cfg = config_from_settings(&case["settings"]);
+    // Both searches: on the host from whole logits, and from the statistics `masked_top_k`
+    // computes beside the logits (a GPU's path; on the CPU its CPU kernel).
+    let cases = reference["cases"].as_array().unwrap();
+    for (case, device_search) in cases.iter().flat_map(|c| [(c, false), (c, true)]) {
+        let name = &format!(
+            "{}{}",
+            case["name"].as_str().unwrap(),
+            if device_search {
+                " (device search)"
+            } else {
+                ""
+            }
+        );
+        let cfg = GenerateConfig {
+            device_search: Some(device_search),
+            ..config_from_settings(&case["settings"])
+        };
         let want = ids(&case["sequences"]);
         let width = want[0].len();
         let hyps = generate::generate(&model, &srcs, &cfg).unwrap();

@@ -1,9 +1,11 @@
 //! Beam search as transformers' `_beam_search` and `BeamSearchScorer` run it: `2 × beam`
 //! candidates per step, finished hypotheses kept best first, the three `early_stopping` rules.
 
-use super::logits::{fastmath, logp, process_row, RowRules, RowScratch};
+use super::logits::{logp, process_row, RowRules, RowScratch};
+use super::top_k::fill_top_k;
 use super::{
-    length_norm, EarlyStopping, GenerateConfig, Hypothesis, Result, SpecialTokens, StepDecoder,
+    forced_eos, length_norm, top_request, EarlyStopping, GenerateConfig, Hypothesis, Result,
+    SpecialTokens, StepDecoder,
 };
 
 /// Beam state of one sentence.
@@ -26,11 +28,20 @@ struct Cand {
     token: u32,
 }
 
+/// What a step gave the search: whole logits `[rows, vocab]`, or per row the normaliser and best
+/// candidates from [`StepDecoder::step_top`] (`width` floats).
+enum Step {
+    Logits(Vec<f32>, usize),
+    Top(Vec<f32>, usize),
+}
+
+/// `top`: take each row's candidates from [`StepDecoder::step_top`] instead of whole logits.
 pub(super) fn beam_search(
     dec: &mut dyn StepDecoder,
     max_new: &[usize],
     cfg: &GenerateConfig,
     sp: SpecialTokens,
+    top: bool,
 ) -> Result<Vec<Vec<Hypothesis>>> {
     let k = cfg.beam;
     let n = max_new.len();
@@ -57,7 +68,13 @@ pub(super) fn beam_search(
             .iter()
             .flat_map(|&i| sents[i].seqs.iter().map(|s| *s.last().unwrap_or(&sp.start)))
             .collect();
-        let (mut logits, v) = dec.step(&tokens)?;
+        let mut step = if top {
+            let req = top_request(cfg, sp, generated, n_cand);
+            Step::Top(dec.step_top(&tokens, &req)?, req.width())
+        } else {
+            let (logits, v) = dec.step(&tokens)?;
+            Step::Logits(logits, v)
+        };
         let mut next_rows: Vec<u32> = Vec::with_capacity(active.len() * k);
         let mut still: Vec<usize> = Vec::with_capacity(active.len());
         let mut row0 = 0usize;
@@ -67,15 +84,33 @@ pub(super) fn beam_search(
             cands.clear();
             for b in 0..rows {
                 let r = row0 + b;
-                let row = &mut logits[r * v..(r + 1) * v];
-                let rules = RowRules {
-                    seq: &s.seqs[b],
-                    generated,
-                    max_new: max_new[i],
+                let (forced, norm) = match &mut step {
+                    Step::Logits(logits, v) => {
+                        let row = &mut logits[r * *v..(r + 1) * *v];
+                        let rules = RowRules {
+                            seq: &s.seqs[b],
+                            generated,
+                            max_new: max_new[i],
+                        };
+                        let lp = process_row(row, &rules, cfg, sp, &mut scratch);
+                        if lp.forced.is_none() {
+                            fill_top_k(row, n_cand, &mut row_top);
+                        }
+                        (lp.forced, lp.norm)
+                    }
+                    Step::Top(stats, w) => {
+                        // [norm, n_cand values, n_cand tokens]
+                        let o = &stats[r * *w..(r + 1) * *w];
+                        row_top.clear();
+                        row_top.extend((0..n_cand).map(|q| (o[1 + q], o[1 + n_cand + q] as u32)));
+                        (
+                            forced_eos(cfg, generated, max_new[i]).then_some(sp.eos),
+                            o[0],
+                        )
+                    }
                 };
-                let lp = process_row(row, &rules, cfg, sp, &mut scratch);
                 let base = s.scores[b];
-                if let Some(t) = lp.forced {
+                if let Some(t) = forced {
                     // transformers: every other token is -inf; they can never be chosen.
                     cands.push(Cand {
                         acc: base,
@@ -84,19 +119,9 @@ pub(super) fn beam_search(
                     });
                     continue;
                 }
-                fastmath::top_k_best(row, n_cand, &mut row_top);
-
-                if row_top.len() < n_cand {
-                    // Fewer than 2k tokens above -inf: transformers' top-k then takes -inf ones too.
-                    for (t, &x) in row.iter().enumerate() {
-                        if x == f32::NEG_INFINITY && row_top.len() < n_cand {
-                            row_top.push((x, t as u32));
-                        }
-                    }
-                }
                 for &(x, t) in &row_top {
                     cands.push(Cand {
-                        acc: logp(x, lp.norm) + base,
+                        acc: logp(x, norm) + base,
                         beam: b as u32,
                         token: t,
                     });

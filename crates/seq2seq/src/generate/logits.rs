@@ -52,7 +52,7 @@ pub(super) fn process_row(
     sp: SpecialTokens,
     scratch: &mut RowScratch,
 ) -> RowLogProbs {
-    if cfg.forced_eos && rules.generated + 1 == rules.max_new {
+    if super::forced_eos(cfg, rules.generated, rules.max_new) {
         return RowLogProbs {
             norm: 0.0,
             forced: Some(sp.eos),
@@ -91,7 +91,7 @@ pub(super) fn process_row(
 
 /// `max + log(sum(exp(x - max)))`, the way torch's `log_softmax` subtracts it (`x - max - log_sum`
 /// is returned as `x - norm`, whose rounding differs from torch's only in the last bit).
-fn log_norm(x: &[f32]) -> f32 {
+pub(super) fn log_norm(x: &[f32]) -> f32 {
     let max = fastmath::max_best(x);
     if max == f32::NEG_INFINITY {
         return f32::INFINITY;

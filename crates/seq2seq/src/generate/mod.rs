@@ -37,14 +37,18 @@
 mod beam;
 mod greedy;
 mod logits;
+mod profile;
 mod settings;
+mod top_k;
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::Config;
 use crate::inference::AsInference;
 
+pub use profile::DecodeProfile;
 pub use settings::{EarlyStopping, GenerateConfig};
+pub use top_k::{masked_top_k, TopRequest};
 
 /// Why decoding or scoring failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +142,32 @@ pub trait StepDecoder {
     /// Feeds one token per row and returns the next-token logits, row-major `[rows, vocab]`, and
     /// `vocab`.
     fn step(&mut self, tokens: &[u32]) -> Result<(Vec<f32>, usize)>;
+    /// Like [`step`](Self::step), but returns per row only what the search needs of the logits
+    /// (`req.width()` floats: the log-normaliser after the step's bans and the `k` best tokens;
+    /// see [`masked_top_k`]), computed where the logits are. The default computes them on the host
+    /// from [`step`](Self::step).
+    fn step_top(&mut self, tokens: &[u32], req: &TopRequest) -> Result<Vec<f32>> {
+        let (mut logits, v) = self.step(tokens)?;
+        if req.k > v {
+            return Err(GenerateError::Config(format!(
+                "{} candidates per row from a vocabulary of {v}",
+                req.k
+            )));
+        }
+        let w = req.width();
+        let mut out = vec![0f32; tokens.len() * w];
+        let mut top = Vec::with_capacity(req.k + 1);
+        for (row, o) in logits.chunks_exact_mut(v).zip(out.chunks_exact_mut(w)) {
+            top_k::row_top_k(row, req, &mut top, o);
+        }
+        Ok(out)
+    }
+    /// Whether searches should ask for [`step_top`](Self::step_top) rather than whole logits
+    /// (when [`GenerateConfig::device_search`] leaves it to the decoder): a GPU decoder saves the
+    /// copy of `[rows, vocab]` logits and the host's pass over them.
+    fn prefers_top(&self) -> bool {
+        false
+    }
     /// Keeps rows `rows` (indices into the current rows, repeats allowed) in that order.
     /// `same_sources`: every new row comes from a row of the same source sentence as the row it
     /// replaces (beam reordering with no sentence leaving), so per-source state can stay as it is.
@@ -161,11 +191,39 @@ pub fn search(
             "every length limit must be at least 1".into(),
         ));
     }
+    // Beams above MAX_K / 2 need more candidates per row than the device kernel keeps.
+    let per_row = if cfg.beam == 1 { 1 } else { 2 * cfg.beam };
+    let top = cfg.no_repeat_ngram == 0
+        && per_row <= top_k::MAX_K
+        && cfg.device_search.unwrap_or_else(|| dec.prefers_top());
     if cfg.beam == 1 {
-        greedy::greedy(dec, max_new, cfg, special)
+        greedy::greedy(dec, max_new, cfg, special, top)
     } else {
-        beam::beam_search(dec, max_new, cfg, special)
+        beam::beam_search(dec, max_new, cfg, special, top)
     }
+}
+
+/// What a step asks of [`StepDecoder::step_top`]: the tokens `process_row` would ban in every
+/// row (`<pad>`, and `</s>` before `min_new_tokens`; n-gram bans never take this path) and `k`.
+fn top_request(cfg: &GenerateConfig, sp: SpecialTokens, generated: usize, k: usize) -> TopRequest {
+    let mut banned = Vec::with_capacity(2);
+    if cfg.ban_pad && sp.pad != sp.eos {
+        banned.push(sp.pad);
+    }
+    if generated < cfg.min_new_tokens {
+        banned.push(sp.eos);
+    }
+    TopRequest {
+        banned,
+        k,
+        renormalize: cfg.renormalize,
+    }
+}
+
+/// Whether a row at `generated` tokens with limit `max_new` may only emit `</s>` (transformers'
+/// `forced_eos_token_id` at the last allowed step), as `process_row` decides it.
+fn forced_eos(cfg: &GenerateConfig, generated: usize, max_new: usize) -> bool {
+    cfg.forced_eos && generated + 1 == max_new
 }
 
 /// `len^lenpen` as transformers computes it (a Python float, applied to an f32 tensor).
@@ -221,6 +279,27 @@ pub fn generate<M: AsInference + ?Sized>(
     srcs: &[Vec<u32>],
     cfg: &GenerateConfig,
 ) -> Result<Vec<Vec<Hypothesis>>> {
+    generate_inner(model, srcs, cfg, None)
+}
+
+/// [`generate`], timing its phases into `profile` (added to what it holds). Every phase waits for
+/// the device before its clock stops, which costs a GPU some of its overlap: for finding where the
+/// time goes, not for measuring throughput.
+pub fn generate_profiled<M: AsInference + ?Sized>(
+    model: &M,
+    srcs: &[Vec<u32>],
+    cfg: &GenerateConfig,
+    profile: &mut DecodeProfile,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    generate_inner(model, srcs, cfg, Some(profile))
+}
+
+fn generate_inner<M: AsInference + ?Sized>(
+    model: &M,
+    srcs: &[Vec<u32>],
+    cfg: &GenerateConfig,
+    profile: Option<&mut DecodeProfile>,
+) -> Result<Vec<Vec<Hypothesis>>> {
     cfg.validate()?;
     if srcs.is_empty() {
         return Ok(Vec::new());
@@ -230,13 +309,35 @@ pub fn generate<M: AsInference + ?Sized>(
     check_sources(srcs, max_pos)?;
     let model = model.as_inference()?;
     let refs: Vec<&[u32]> = srcs.iter().map(|s| s.as_slice()).collect();
-    let (ids, mask) = pad_batch(&refs, sp.pad, model.device())?;
-    let mut decoder = model.start_decoding(&ids, &mask)?;
     let max_new: Vec<usize> = srcs
         .iter()
         .map(|s| cfg.max_new_for(s.len(), max_pos))
         .collect();
-    search(&mut decoder, &max_new, cfg, sp)
+    let Some(profile) = profile else {
+        let (ids, mask) = pad_batch(&refs, sp.pad, model.device())?;
+        let mut decoder = model.start_decoding(&ids, &mask)?;
+        return search(&mut decoder, &max_new, cfg, sp);
+    };
+    let device = model.device().clone();
+    let mut t = std::time::Instant::now();
+    let (ids, mask) = pad_batch(&refs, sp.pad, &device)?;
+    let dec = model.start_decoding(&ids, &mask)?;
+    profile.encode_s += profile::lap(&device, &mut t)?;
+    let before = *profile;
+    let mut timed = profile::Profiled {
+        dec,
+        profile,
+        device: device.clone(),
+    };
+    let out = search(&mut timed, &max_new, cfg, sp)?;
+    let searched = profile::lap(&device, &mut t)?;
+    let p = timed.profile;
+    let in_decoder = (p.step_s - before.step_s)
+        + (p.download_s - before.download_s)
+        + (p.select_s - before.select_s);
+    p.search_s += (searched - in_decoder).max(0.0);
+    p.batches += 1;
+    Ok(out)
 }
 
 /// Force-decodes `tgts` given `srcs` (both token ids ending in `</s>`) and returns, per pair, the

@@ -48,6 +48,12 @@ pub struct GenerateConfig {
     pub ban_pad: bool,
     /// Re-normalise the log-probabilities after masking (`renormalize_logits`).
     pub renormalize: bool,
+    /// Where a step's log-normalisers and best tokens are computed: `None` where the decoder
+    /// prefers ([`StepDecoder::prefers_top`](super::StepDecoder::prefers_top): on a GPU, which
+    /// then copies `1 + 2k` floats per row to the host instead of the vocabulary), `Some(true)`
+    /// beside the logits on any device (the CPU too), `Some(false)` on the host from whole logits.
+    /// With `no_repeat_ngram` the search always runs on the host (its bans differ per row).
+    pub device_search: Option<bool>,
 }
 
 impl Default for GenerateConfig {
@@ -65,6 +71,7 @@ impl Default for GenerateConfig {
             forced_eos: true,
             ban_pad: true,
             renormalize: true,
+            device_search: None,
         }
     }
 }

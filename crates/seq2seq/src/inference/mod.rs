@@ -18,7 +18,7 @@ use crate::cache::DecoderCache;
 use crate::config::Config;
 use crate::dropout::Mode;
 use crate::error::Result;
-use crate::generate::{GenerateError, StepDecoder};
+use crate::generate::{masked_top_k, GenerateError, StepDecoder, TopRequest};
 use crate::model::MarianModel;
 use head::OutputHead;
 use host_kv::HostKv;
@@ -182,16 +182,39 @@ pub struct Decoding<'a> {
     cache: InferenceCache,
 }
 
+impl Decoding<'_> {
+    /// One decoder step: feeds one token per row and returns the logits `[rows, vocab]`, on the
+    /// model's device.
+    pub(crate) fn step_logits(&mut self, tokens: &[u32]) -> Result<Tensor> {
+        let t = Tensor::from_slice(tokens, tokens.len(), self.model.device())?;
+        self.model.decode_step(&t, &mut self.cache)
+    }
+}
+
 impl StepDecoder for Decoding<'_> {
     fn step(&mut self, tokens: &[u32]) -> std::result::Result<(Vec<f32>, usize), GenerateError> {
-        let t = Tensor::from_slice(tokens, tokens.len(), self.model.device())?;
-        let logits = self.model.decode_step(&t, &mut self.cache)?;
+        let logits = self.step_logits(tokens)?;
         let (_, v) = logits.dims2()?;
         let logits = logits
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
         Ok((logits, v))
+    }
+
+    fn step_top(
+        &mut self,
+        tokens: &[u32],
+        req: &TopRequest,
+    ) -> std::result::Result<Vec<f32>, GenerateError> {
+        let logits = self.step_logits(tokens)?;
+        Ok(masked_top_k(&logits, req)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+
+    fn prefers_top(&self) -> bool {
+        !self.model.device().is_cpu()
     }
 
     fn select(
