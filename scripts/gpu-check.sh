@@ -314,9 +314,11 @@ if [ -f "$model/config.json" ]; then
     lines=0
     [ -f "$W/hyp.ids" ] && lines=$(wc -l <"$W/hyp.ids")
     # Where a step's time goes (every phase synchronised, so a little slower): 256 sources.
-    stage 90 "$rdrop" translate --model "$model" --device cuda --token-ids --input "$W/src256.ids" \
-      --output "$W/hyp256.ids" --beam $beam --min-new-tokens 32 --max-new-tokens 32 --batch-size 64 \
-      --quiet --profile-phases 2>"$W/phases.txt"
+    # (not through `stage`, which sends stderr to the log: the phases line is read from it here)
+    timeout --kill-after=10 90 "$rdrop" translate --model "$model" --device cuda --token-ids \
+      --input "$W/src256.ids" --output "$W/hyp256.ids" --beam $beam --min-new-tokens 32 \
+      --max-new-tokens 32 --batch-size 64 --quiet --profile-phases >>"$log" 2>"$W/phases.txt"
+    cat "$W/phases.txt" >>"$log"
     phases=$(sed -n 's/^phases: //p' "$W/phases.txt" | tail -n 1)
     load=$("$PY" -c "import json,sys; print(json.loads(sys.argv[1] or '{}').get('load_s', 0))" "$phases")
     say "  rdrop beam $beam: rc $rc, $lines lines in ${secs}s (load ${load}s); phases $phases"
@@ -325,8 +327,10 @@ if [ -f "$model/config.json" ]; then
     tr_json+="\"sent_per_s_after_load\":$("$PY" -c "print(round($lines / max($secs - $load, 1e-9), 1))"),"
     tr_json+="\"phases_256\":${phases:-null}},"
     # transformers' generate on the same GPU, model, sources and settings.
-    if stage 150 "$PY" scripts/cuda/bench_translate_cuda.py --model-dir "$model" --ids "$W/src.ids" \
-        --beam $beam --batch 64 --new-tokens 32 --repeats 2 >"$W/peer-tr.json"; then
+    # (stdout to a file of its own: `stage` would send it to the log)
+    if timeout --kill-after=10 150 "$PY" scripts/cuda/bench_translate_cuda.py --model-dir "$model" \
+        --ids "$W/src.ids" --beam $beam --batch 64 --new-tokens 32 --repeats 2 \
+        >"$W/peer-tr.json" 2>>"$log"; then
       peer=$(tail -n 1 "$W/peer-tr.json")
       say "  transformers beam $beam: $peer"
       tr_json+="$peer,"
