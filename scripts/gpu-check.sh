@@ -12,7 +12,8 @@
 # dist/ is git-ignored, so copy dist/gpu to the GPU machine along with the checkout; --prepare prints
 # its size.
 #
-# What it runs, each stage under its own time limit, none stopping the others:
+# What it runs, each stage under its own time limit, none stopping the others (STAGES="1 3" picks some;
+# the model and corpus of stage 2 are made whatever STAGES says):
 #  1. every test binary of rdrop-seq2seq, rdrop-loss and rdrop-train built with `--features cuda`,
 #     with RDROP_TEST_DEVICE=cuda and RDROP_REQUIRE_CUDA=1 (a CUDA test that would skip fails
 #     instead); tests/cuda.rs of seq2seq compares CPU and CUDA logits (f32, within 1e-3) on the
@@ -37,6 +38,10 @@
 #     download, cache row selection, host search per step); and transformers' `generate` on the same
 #     GPU, model, sources and settings (scripts/cuda/bench_translate_cuda.py, median of 2 passes
 #     after a warm-up batch).
+#  4. the opus-mt fine-tuning recipe (recipes/opus-mt-de-en-rdrop.toml) end to end on stage 2's
+#     transformers-made checkpoint: E2E_UPDATES (default 200) updates in bf16 with validation and
+#     checkpoints, then `rdrop score` of best/ on the GPU and on the CPU: the same log-probabilities
+#     (within 1e-4 relative) show the saved checkpoint reloads as trained.
 #
 # Op audit (candle 0.11.1, read from its sources): every op the model and criteria use has a CUDA
 # kernel and a backward: matmul (cuBLAS; the backward matmuls transposed views), exp/log/sqrt/silu/
@@ -89,6 +94,10 @@ t0=$(date +%s)
 PY=${PYTHON:-python3}
 say() { echo "[gpu-check $(($(date +%s) - t0))s] $*" | tee -a "$log" >&2; }
 result() { printf '%s\n' "$2" >"$W/results/$1.json"; }
+# STAGES (default "1 2 3 4") picks stages, so a check can be split over calls; stage 2 always
+# makes the model and corpus the others use.
+STAGES=${STAGES:-1 2 3 4}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 # Runs a stage's command under a time limit, output to the log; never stops the script.
 stage() {
   local limit=$1
@@ -142,6 +151,7 @@ fi
 
 # --- 1. the library tests on CUDA -------------------------------------------------------------------
 say "stage 1: tests"
+if want 1; then
 tests_json="["
 while read -r name pkg; do
   case "$name" in "#"* | "") continue ;; esac
@@ -159,6 +169,7 @@ while read -r name pkg; do
   tests_json+="{\"binary\":\"$name\",\"rc\":$rc,\"result\":\"${summary_line//\"/}\"},"
 done <"$bins/MANIFEST"
 result tests "${tests_json%,}]"
+fi
 
 # --- 2. training throughput -------------------------------------------------------------------------
 say "stage 2: training throughput"
@@ -184,6 +195,7 @@ smi_peak() { # runs "$@" while sampling GPU memory; prints the peak above idle (
   return $rc
 }
 if [ -f "$model/config.json" ]; then
+  if want 2; then
   for prec in f32 bf16; do
     rm -f "$W/torch.jsonl"
     smi_peak stage 150 "$PY" scripts/cuda/bench_train_cuda.py --model-dir "$model" --mode rdrop \
@@ -194,6 +206,7 @@ if [ -f "$model/config.json" ]; then
       say "  torch $prec: $(cut -c1-400 "$W/torch.jsonl")"
     fi
   done
+  fi
 
   # The same pairs for rdrop, as text: whole-word pieces of the model's vocabulary, so sentence
   # lengths in tokens match the torch batches (58-64 tokens with </s>).
@@ -239,6 +252,7 @@ keep_last = 1
 EOF
   # f32-composed: f32 with RDROP_CUDA_KERNELS=0, the composed candle ops instead of rdrop's CUDA
   # kernels (loss, softmax, layer norm, dropout), to measure what the kernels change.
+  if want 2; then
   for prec in f32 bf16 f32-composed; do
     set_prec=() env_prefix=()
     key=${prec//-/_}
@@ -273,10 +287,11 @@ EOF
       say "  rdrop $prec phases: $r"
     fi
   done
+  fi
 fi
 
 # --- 2b. per-kernel profile (NCU=1; ncu serialises and replays kernels: minutes) -------------------
-if [ "${NCU:-0}" = 1 ] && command -v ncu >/dev/null && [ -f "$W/bench.toml" ]; then
+if want 2 && [ "${NCU:-0}" = 1 ] && command -v ncu >/dev/null && [ -f "$W/bench.toml" ]; then
   say "stage 2b: per-kernel GPU time (ncu), 2 training steps each"
   ncu_args=(--csv --metrics gpu__time_duration.sum --launch-count "${NCU_KERNELS:-4000}")
   rm -rf "$W/rdrop-run"
@@ -297,7 +312,7 @@ fi
 
 # --- 3. translate throughput ------------------------------------------------------------------------
 say "stage 3: translate throughput"
-if [ -f "$model/config.json" ]; then
+if want 3 && [ -f "$model/config.json" ]; then
   vocab=$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")
   "$PY" scripts/cuda/gpu_check_util.py ids "$W/src.ids" 1024 20 "$vocab" 7
   head -n 256 "$W/src.ids" >"$W/src256.ids"
@@ -337,6 +352,56 @@ if [ -f "$model/config.json" ]; then
     fi
   done
   result translate "${tr_json%,}]"
+fi
+
+# --- 4. the mission's main use, end to end ------------------------------------------------------------
+# The opus-mt fine-tuning recipe itself on the opus-size checkpoint transformers made in stage 2 (with
+# its spm tokenizers), bf16 on the GPU, validating and checkpointing; then the saved best/ reloads and
+# scores the validation pairs on the GPU and on the CPU: the same log-probabilities.
+say "stage 4: fine-tuning recipe end to end"
+if want 4 && [ -f "$model/config.json" ] && [ -f "$W/corpus.src" ]; then
+  E2E_UPDATES=${E2E_UPDATES:-200}
+  rm -rf "$W/e2e"
+  head -n 64 "$W/valid.src" >"$W/e2e-valid.src"
+  head -n 64 "$W/valid.tgt" >"$W/e2e-valid.tgt"
+  stage 240 "$rdrop" train recipes/opus-mt-de-en-rdrop.toml --device cuda --quiet \
+    --set "output_dir=\"$W/e2e\"" --set "model.pretrained=\"$model\"" \
+    --set "data.train={ source = \"$W/corpus.src\", target = \"$W/corpus.tgt\" }" \
+    --set "data.valid={ source = \"$W/e2e-valid.src\", target = \"$W/e2e-valid.tgt\" }" \
+    --set 'training.precision="bf16"' --set "training.max_updates=$E2E_UPDATES" --set training.threads=0 \
+    --set "validation.every_updates=$((E2E_UPDATES / 2))" --set validation.every_epoch=false \
+    --set validation.max_sentences=64 --set training.log_every=20 \
+    --set "checkpoint.every_updates=$((E2E_UPDATES / 2))" --set schedule.warmup_updates=20
+  rc=$?
+  for dev in cuda cpu; do
+    stage 120 "$rdrop" score --model "$W/e2e/best" --source "$W/e2e-valid.src" --target "$W/e2e-valid.tgt" \
+      --device $dev --quiet --output "$W/e2e-score-$dev.txt"
+  done
+  r=$("$PY" - "$W" "$rc" <<'PYEOF'
+import json, os, sys
+w, rc = sys.argv[1], int(sys.argv[2])
+out = {"rc": rc}
+recs = [json.loads(l) for l in open(os.path.join(w, "e2e", "metrics.jsonl"))] if os.path.exists(os.path.join(w, "e2e", "metrics.jsonl")) else []
+train = [r for r in recs if r.get("kind") == "train"]
+valid = [r for r in recs if r.get("kind") == "valid"]
+if train:
+    out.update(updates=train[-1]["update"], first_last_loss=[train[0].get("loss"), train[-1].get("loss")],
+               tgt_tokens_per_s=train[-1].get("tokens_per_s"))
+out["valid"] = [{k: r.get(k) for k in ("update", "loss", "bleu")} for r in valid]
+def scores(dev):
+    p = os.path.join(w, f"e2e-score-{dev}.txt")
+    return [float(l.split()[0]) for l in open(p)] if os.path.exists(p) else []
+g, c = scores("cuda"), scores("cpu")
+out["scored"] = [len(g), len(c)]
+if g and len(g) == len(c):
+    out["max_abs_score_diff_cuda_cpu"] = max(abs(a - b) for a, b in zip(g, c))
+    out["max_rel_score_diff_cuda_cpu"] = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(g, c))
+    out["same_scores"] = out["max_rel_score_diff_cuda_cpu"] <= 1e-4
+print(json.dumps(out))
+PYEOF
+)
+  say "  e2e: $r"
+  result e2e_finetune "$r"
 fi
 
 # --- summary ----------------------------------------------------------------------------------------
