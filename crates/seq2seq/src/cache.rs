@@ -1,5 +1,6 @@
 //! `DecoderCache`: the keys and values [`MarianModel`](crate::MarianModel)'s incremental decoding
-//! keeps between steps, as tensors on the model's device (transformers' `past_key_values`).
+//! keeps between steps, as tensors on the model's device (transformers' `past_key_values`); the
+//! self-attention ones in buffers preallocated there and written in place, one position per step.
 //!
 //! It is held outside the model's weights, so one model serves any number of concurrent searches.
 //! The inference model's host-memory cache for the CPU lives in [`crate::inference`].
@@ -8,14 +9,36 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
+/// Positions a layer's self-attention buffers hold at first; they double when full, so a sentence
+/// of `L` tokens copies its keys and values about once more in all, where appending by
+/// concatenation copied all of them at every step.
+const FIRST_CAPACITY: usize = 8;
+
+/// One decoder layer's self-attention keys and values, `[B, H, capacity, dh]` each, written in
+/// place one position per step; the cache's `len` positions are filled.
+#[derive(Debug)]
+struct SelfKv {
+    k: Tensor,
+    v: Tensor,
+}
+
+/// Steps write into the buffers in place, so a copy of the cache owns copies of them.
+impl Clone for SelfKv {
+    fn clone(&self) -> Self {
+        SelfKv {
+            k: self.k.copy().expect("copying a tensor on its own device"),
+            v: self.v.copy().expect("copying a tensor on its own device"),
+        }
+    }
+}
+
 /// Per-layer keys and values for incremental decoding: cross-attention K/V computed once from the
-/// encoder output, self-attention K/V growing by one position per step. Reordering rows copies
-/// the tensors.
+/// encoder output, self-attention K/V in buffers preallocated on the model's device and filled one
+/// position per step. Reordering rows copies the tensors.
 #[derive(Debug, Clone)]
 pub struct DecoderCache {
-    /// Self-attention (keys, values) per decoder layer, `[B, H, L, dh]`; `None` before the first
-    /// step.
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Self-attention keys and values per decoder layer; `None` before the first step.
+    self_kv: Vec<Option<SelfKv>>,
     /// Cross-attention (keys, values) per decoder layer, `[B, H, S, dh]`.
     cross_kv: Vec<(Tensor, Tensor)>,
     /// Additive source padding mask `[B, 1, 1, S]`.
@@ -46,27 +69,46 @@ impl DecoderCache {
         }
     }
 
-    /// Appends one position's self-attention keys and values (`[B, H, 1, dh]`) to layer `i`'s and
-    /// returns all of them.
+    /// Writes one position's self-attention keys and values (`[B, H, 1, dh]`) into layer `i`'s
+    /// buffers, at position [`len`](Self::len), and returns all of them (`[B, H, len + 1, dh]`
+    /// views of the buffers).
     pub(crate) fn append_self(
         &mut self,
         i: usize,
         k_new: Tensor,
         v_new: Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        let pos = self.len;
         let slot = self
             .self_kv
             .get_mut(i)
             .ok_or_else(|| Error::Input(format!("decoder layer {i} has no cache")))?;
-        let (k, v) = match slot.take() {
-            Some((k, v)) => (
-                Tensor::cat(&[&k, &k_new], 2)?,
-                Tensor::cat(&[&v, &v_new], 2)?,
-            ),
-            None => (k_new, v_new),
+        let (k_new, v_new) = (k_new.contiguous()?, v_new.contiguous()?);
+        let grown = |buf: Option<&Tensor>, new: &Tensor| -> Result<Tensor> {
+            let (b, h, _, dh) = new.dims4()?;
+            Ok(match buf {
+                None => Tensor::zeros((b, h, FIRST_CAPACITY, dh), new.dtype(), new.device())?,
+                Some(t) => {
+                    let cap = t.dim(2)?;
+                    let more = Tensor::zeros((b, h, cap, dh), new.dtype(), new.device())?;
+                    Tensor::cat(&[t, &more], 2)?
+                }
+            })
         };
-        *slot = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        let full = match slot.as_ref() {
+            None => true,
+            Some(kv) => kv.k.dim(2)? <= pos,
+        };
+        if full {
+            *slot = Some(SelfKv {
+                k: grown(slot.as_ref().map(|kv| &kv.k), &k_new)?,
+                v: grown(slot.as_ref().map(|kv| &kv.v), &v_new)?,
+            });
+        }
+        let kv = slot.as_ref().expect("allocated above");
+        kv.k.slice_set(&k_new, 2, pos)?;
+        kv.v.slice_set(&v_new, 2, pos)?;
+        Ok((kv.k.narrow(2, 0, pos + 1)?, kv.v.narrow(2, 0, pos + 1)?))
     }
 
     /// Layer `i`'s cross-attention keys and values, and the additive source mask.
@@ -106,9 +148,9 @@ impl DecoderCache {
         check_rows(rows, self.batch_size())?;
         let idx = Tensor::from_slice(rows, rows.len(), self.cross_mask.device())?;
         let pick = |t: &Tensor| t.index_select(&idx, 0);
-        for (k, v) in self.self_kv.iter_mut().flatten() {
-            *k = pick(k)?;
-            *v = pick(v)?;
+        for kv in self.self_kv.iter_mut().flatten() {
+            kv.k = pick(&kv.k)?;
+            kv.v = pick(&kv.v)?;
         }
         // The beams of one sentence share its cross-attention keys/values and source mask, so
         // reordering beams within sentences leaves those rows unchanged.

@@ -305,3 +305,29 @@ fn sinusoidal_positions_follow_transformers_layout() {
         }
     }
 }
+
+/// Steps write keys and values into the cache's buffers in place: a clone must own its buffers, or
+/// decoding one continuation would overwrite the other's positions.
+#[test]
+fn a_cloned_cache_decodes_independently() {
+    let r = Reference::load("opus");
+    let model = load_as("opus", DType::F32);
+    let (tgt_in, full, mut cache) = start_decoding(&r, &model);
+    for t in 0..3 {
+        model
+            .decode_step(&tgt_in.i((.., t)).expect("col"), &mut cache)
+            .expect("step");
+    }
+    let mut other = cache.clone();
+    let col = |t: usize| tgt_in.i((.., t)).expect("col");
+    model.decode_step(&col(3), &mut cache).expect("step");
+    // The clone continues with other tokens at the same positions.
+    let shifted = (col(3) + 1.0).expect("other ids");
+    model.decode_step(&shifted, &mut other).expect("step");
+    let step = model.decode_step(&col(4), &mut cache).expect("step");
+    let err = max_diff(&step, &full.i((.., 4, ..)).expect("slice"));
+    assert!(
+        err <= 1e-4,
+        "the clone's step changed the original's keys: {err}"
+    );
+}
