@@ -154,13 +154,7 @@ pub trait StepDecoder {
                 req.k
             )));
         }
-        let w = req.width();
-        let mut out = vec![0f32; tokens.len() * w];
-        let mut top = Vec::with_capacity(req.k + 1);
-        for (row, o) in logits.chunks_exact_mut(v).zip(out.chunks_exact_mut(w)) {
-            top_k::row_top_k(row, req, &mut top, o);
-        }
-        Ok(out)
+        Ok(top_k::rows_top_k(&mut logits, v, req))
     }
     /// Whether searches should ask for [`step_top`](Self::step_top) rather than whole logits
     /// (when [`GenerateConfig::device_search`] leaves it to the decoder): a GPU decoder saves the

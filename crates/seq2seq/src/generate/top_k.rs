@@ -52,9 +52,20 @@ pub fn masked_top_k(logits: &Tensor, req: &TopRequest) -> candle_core::Result<Te
         .apply_op1_no_bwd(&MaskedTopK(req.clone()))
 }
 
+/// [`row_top_k`] of every row of `logits` (`[rows, v]`, banned in place): `[rows, 1 + 2k]`.
+pub(super) fn rows_top_k(logits: &mut [f32], v: usize, req: &TopRequest) -> Vec<f32> {
+    let w = req.width();
+    let mut out = vec![0f32; logits.len() / v * w];
+    let mut top = Vec::with_capacity(req.k + 1);
+    for (row, o) in logits.chunks_exact_mut(v).zip(out.chunks_exact_mut(w)) {
+        row_top_k(row, req, &mut top, o);
+    }
+    out
+}
+
 /// The host search's statistics of one row: bans `row` in place, then writes the normaliser, the
 /// `k` best values and their tokens into `out` (`1 + 2k` floats).
-pub(super) fn row_top_k(
+fn row_top_k(
     row: &mut [f32],
     req: &TopRequest,
     top: &mut Vec<(f32, u32)>,
@@ -101,17 +112,10 @@ impl CustomOp1 for MaskedTopK {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = rdrop_kernels::contiguous::<f32>(s, l, OP, "logits")?;
+        let mut x = rdrop_kernels::contiguous::<f32>(s, l, OP, "logits")?.to_vec();
         let (rows, v) = l.shape().dims2()?;
-        let w = self.0.width();
-        let mut out = vec![0f32; rows * w];
-        let mut row = vec![0f32; v];
-        let mut top = Vec::with_capacity(self.0.k + 1);
-        for (r, o) in out.chunks_exact_mut(w).enumerate() {
-            row.copy_from_slice(&x[r * v..(r + 1) * v]);
-            row_top_k(&mut row, &self.0, &mut top, o);
-        }
-        Ok((CpuStorage::F32(out), Shape::from((rows, w))))
+        let out = rows_top_k(&mut x, v, &self.0);
+        Ok((CpuStorage::F32(out), Shape::from((rows, self.0.width()))))
     }
 
     #[cfg(feature = "cuda")]
