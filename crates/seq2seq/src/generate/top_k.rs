@@ -65,12 +65,7 @@ pub(super) fn rows_top_k(logits: &mut [f32], v: usize, req: &TopRequest) -> Vec<
 
 /// The host search's statistics of one row: bans `row` in place, then writes the normaliser, the
 /// `k` best values and their tokens into `out` (`1 + 2k` floats).
-fn row_top_k(
-    row: &mut [f32],
-    req: &TopRequest,
-    top: &mut Vec<(f32, u32)>,
-    out: &mut [f32],
-) {
+fn row_top_k(row: &mut [f32], req: &TopRequest, top: &mut Vec<(f32, u32)>, out: &mut [f32]) {
     let pre_norm = if req.renormalize { 0.0 } else { log_norm(row) };
     for &t in &req.banned {
         if let Some(x) = row.get_mut(t as usize) {
