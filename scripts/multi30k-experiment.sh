@@ -30,6 +30,11 @@
 #             the numbers a training produces.
 #   THREADS   CPU threads per training (default: the cores divided by JOBS)
 #   TEST_LINES decode and score only the first N lines of each test set (smoke tests; default all)
+#   ALPHA     skip the sweep and train R-Drop at this α (e.g. one an earlier sweep chose)
+#   BUDGET    a fixed budget instead of convergence: the baseline and R-Drop train BUDGET updates,
+#             the control 2×BUDGET, none stops early; the control continues the baseline as soon
+#             as it is done, beside R-Drop, so both cores stay busy. For an experiment that must end
+#             within one sitting (a machine that does not keep $STATE).
 # --plan picks and orders the steps (default: "baseline sweep rdrop control seeds report").
 # With --device cuda, every training runs on the GPU (use a CUDA build as RDROP).
 # Needs ../shared/data/multi30k; the report needs Python (a small venv with sacrebleu, sacremoses and
@@ -46,7 +51,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --plan) PLAN=$2; shift 2 ;;
     --fresh-binary) FRESH=1; shift ;;
-    -h|--help) sed -n '2,36p' "$repo/scripts/multi30k-experiment.sh"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$repo/scripts/multi30k-experiment.sh"; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +60,8 @@ STATE=${STATE:-$HOME/.cache/rdrop/multi30k-experiment$suffix}
 ALPHAS=${ALPHAS:-0.5 1 3 5}
 SWEEP_UPDATES=${SWEEP_UPDATES:-1500}
 SEEDS=${SEEDS:-1}
+ALPHA=${ALPHA:-}
+BUDGET=${BUDGET:-}
 BEAM=${BEAM:-5}
 AVG_LAST=${AVG_LAST:-5}
 NICE=${NICE:-19}
@@ -214,9 +221,23 @@ chosen_alpha() {
 
 BASE=recipes/multi30k-de-en-baseline.toml
 RDROP_RECIPE=recipes/multi30k-de-en-rdrop.toml
-baseline_step() { train baseline "$BASE" && evaluate baseline; }
+# With a BUDGET, every training stops at its budget rather than on validation patience.
+budget=()
+[ -n "$BUDGET" ] && budget=(--set "training.max_updates=$BUDGET" --set "validation.patience=0")
+baseline_step() { train baseline "$BASE" "${budget[@]}" && evaluate baseline; }
 rdrop_step() {
-  train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$1" && evaluate rdrop
+  train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$1" "${budget[@]}" && evaluate rdrop
+}
+# With a BUDGET the control's length is known from the start (2×BUDGET): it continues the baseline
+# once that is done, without waiting for R-Drop.
+control_budget_step() {
+  until [ -f "$STATE/runs/baseline/DONE" ]; do
+    [ -f "$STATE/logs/FAILED" ] && return 1
+    sleep 60
+  done
+  branch baseline control
+  train control "$BASE" --set "training.max_updates=$(( 2 * BUDGET ))" --set "validation.patience=0" \
+    && evaluate control
 }
 # The control is the baseline given twice R-Drop's updates. It runs beside R-Drop, trailing it: it
 # may always train to twice R-Drop's latest checkpoint, since R-Drop's final count can only be
@@ -260,16 +281,24 @@ all_significance() {
 }
 
 rm -f "$STATE/logs/FAILED"
-log "plan: $PLAN (device $DEVICE, state $STATE, binary from $COMMIT, $JOBS at a time, $THREADS threads each)"
+log "plan: $PLAN${BUDGET:+ (budget $BUDGET updates)}${ALPHA:+ (α $ALPHA)} (device $DEVICE, state $STATE, binary from $COMMIT, $JOBS at a time, $THREADS threads each)"
 for step in $PLAN; do
   case $step in
     baseline) spawn baseline_step ;;
     sweep)
+      [ -n "$ALPHA" ] && { log "no sweep: R-Drop trains at the given α $ALPHA"; continue; }
       for a in $ALPHAS; do
         spawn train "sweep-a$a" "$RDROP_RECIPE" --set "criterion.alpha=$a" \
           --set "training.max_updates=$SWEEP_UPDATES" --set "validation.patience=0"
       done ;;
     rdrop)
+      if [ -n "$ALPHA" ]; then
+        echo "$ALPHA" >"$STATE/scores/chosen-alpha"
+        # The control trails R-Drop, and without a budget it needs the finished baseline.
+        [ -n "$BUDGET" ] || join
+        spawn rdrop_step "$ALPHA"
+        continue
+      fi
       join
       alpha=$(chosen_alpha)
       [ -n "$alpha" ] || { log "no finished sweep run: cannot choose α"; exit 1; }
@@ -277,6 +306,7 @@ for step in $PLAN; do
       branch "sweep-a$alpha" rdrop
       spawn rdrop_step "$alpha" ;;
     control)
+      [ -n "$BUDGET" ] && { spawn control_budget_step; continue; }
       [ -f "$STATE/scores/chosen-alpha" ] || { log "control needs the rdrop step (its α and run)"; exit 1; }
       [ -f "$STATE/runs/baseline/DONE" ] || { log "control needs the finished baseline"; exit 1; }
       spawn control_step ;;
@@ -295,7 +325,7 @@ for step in $PLAN; do
         python3 -m venv "$PYV" && "$PYV/bin/pip" install -q sacrebleu==2.6.0 sacremoses matplotlib >&2
       fi
       "$PYV/bin/python" scripts/multi30k_report.py --state "$STATE" --data "$TEST" \
-        --tok "$TEST" --commit "$COMMIT" --avg "avg$AVG_LAST"
+        --tok "$TEST" --commit "$COMMIT" --avg "avg$AVG_LAST" --budget "$BUDGET" --alpha "$ALPHA"
       log "report: $STATE/report.md" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
   esac

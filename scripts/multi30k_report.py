@@ -92,9 +92,16 @@ def main():
     ap.add_argument("--tok", required=True)
     ap.add_argument("--commit", default="unknown")
     ap.add_argument("--avg", default="avg5")
+    ap.add_argument("--budget", default="", help="the fixed update budget, if the run had one")
+    ap.add_argument("--alpha", default="", help="the α R-Drop was given, if it was not swept")
     a = ap.parse_args()
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(a.state, "runs", "*")))
     out = [f"# Multi30k de→en: baseline vs R-Drop\n", f"Binary built from commit `{a.commit}`.\n"]
+    if a.budget:
+        out.append(f"Fixed budget, not convergence: the baseline and R-Drop trained {a.budget} updates, the "
+                   f"compute-matched control {2 * int(a.budget)} (the baseline continued); none stopped early.\n")
+    if a.alpha:
+        out.append(f"R-Drop's α = {a.alpha} was given, not swept in this run.\n")
 
     # Main table: one row per system and checkpoint.
     out.append("| system | checkpoint | updates | best valid BLEU (update) | "
