@@ -2,7 +2,6 @@
 //! One binary for the whole loop: `train` a recipe, `translate` text, `score` pairs, `bleu` outputs.
 
 mod cmd;
-mod malloc;
 
 use clap::{Parser, Subcommand};
 
@@ -56,7 +55,7 @@ enum Command {
 }
 
 fn main() {
-    malloc::keep_freed_memory();
+    rdrop_train::malloc::keep_freed_memory();
     let cli = Cli::parse_from(cmd::bleu::sacrebleu_aliases(std::env::args_os()));
     let result = match cli.command {
         Command::Train(a) => cmd::train::run(a),

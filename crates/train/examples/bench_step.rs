@@ -38,6 +38,8 @@ fn peak_rss_mib() -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As `rdrop train` runs (the peer keeps its allocator's defaults too).
+    rdrop_train::malloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let dir = std::path::PathBuf::from(arg(
         &args,

@@ -24,6 +24,7 @@ pub mod data;
 pub mod embedded;
 pub mod error;
 pub mod init;
+pub mod malloc;
 pub mod optim;
 pub mod output;
 pub mod plot;

@@ -1,5 +1,5 @@
-//! Process-wide allocator settings: glibc keeps the memory a training step frees for the next one.
-//! Training allocates and frees the same large tensors every step; the defaults make each a page-faulting mmap.
+//! Process-wide allocator settings for programs that train: glibc keeps what a step frees for the next.
+//! Training allocates and frees the same large tensors every step; glibc's defaults make each a page-faulting mmap.
 
 /// glibc serves every allocation above its mmap threshold (128 KiB at start, raised only by frees
 /// of such blocks, to 32 MiB at most) with a fresh `mmap` and unmaps it on free, and trims the heap
@@ -10,7 +10,8 @@
 /// freed blocks in the heap for reuse; peak memory is unchanged, only not handed back early.
 ///
 /// A user who tunes malloc through the environment (`MALLOC_*_`, `GLIBC_TUNABLES`) keeps their
-/// settings.
+/// settings. Call it first thing in `main`: it changes the whole process, so the library never calls it
+/// itself. Elsewhere than Linux with glibc it does nothing.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
