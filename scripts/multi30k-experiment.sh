@@ -25,9 +25,9 @@
 #   NICE      niceness of the trainings (default 19: the experiment yields to interactive work)
 #   JOBS      trainings run at once (default: 2 on a CPU with 2 or more cores, 1 with --device cuda);
 #             the baseline and the sweep runs are independent, and so are the seeds. On 2 cores two
-#             1-thread trainings train ~1.65x the tokens/s of one 2-thread training (1,500 + 1,400
-#             vs 1,750 tok/s on the baseline recipe, AMD EPYC), and the thread count does not change
-#             the numbers a training produces.
+#             1-thread trainings train more tokens/s than one 2-thread training (baseline recipe:
+#             1,500 + 1,400 vs 1,750 tok/s on an AMD EPYC; 1,300 beside an R-Drop run vs 1,817 alone
+#             on an Intel Xeon), and the thread count does not change the numbers a training produces.
 #   THREADS   CPU threads per training (default: the cores divided by JOBS)
 #   TEST_LINES decode and score only the first N lines of each test set (smoke tests; default all)
 #   ALPHA     skip the sweep and train R-Drop at this α (e.g. one an earlier sweep chose)

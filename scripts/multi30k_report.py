@@ -69,12 +69,14 @@ def plot(systems, xkey, path, title):
               ("valid", "loss", "valid label-smoothed CE"),
               ("valid", "bleu", "valid BLEU (greedy)"),
               ("train", "lr", "learning rate")]
+    # One colour per system in every panel, so the legend of one panel reads for all.
+    colours = {name: f"C{i}" for i, name in enumerate(systems)}
     for ax, (kind, key, label) in zip(axes.flat, panels):
         for name, recs in systems.items():
             pts = [(r.get(xkey), r.get(key)) for r in recs if r.get("kind") == kind]
             pts = [(x / (3600 if xkey == "wall_s" else 1), y) for x, y in pts if x is not None and y is not None]
             if pts:
-                ax.plot(*zip(*pts), label=name, marker="." if kind == "valid" else None)
+                ax.plot(*zip(*pts), label=name, color=colours[name], marker="." if kind == "valid" else None)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("wall time (h)" if xkey == "wall_s" else "update")
         ax.grid(alpha=0.3)
