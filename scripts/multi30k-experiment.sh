@@ -248,6 +248,11 @@ control_step() {
     local n=$(( 2 * $(updates_of rdrop) )) rdone=0
     [ -f "$STATE/runs/rdrop/DONE" ] && rdone=1
     if [ ! -e "$ctl" ]; then
+      # The control starts from the finished baseline (or fresh, below), never from a running one.
+      if [ ! -f "$STATE/runs/baseline/DONE" ]; then
+        [ -f "$STATE/logs/FAILED" ] && return 1
+        sleep 120; continue
+      fi
       # The baseline's updates are the control's first ones when it stopped before n.
       if [ "$(updates_of baseline)" -lt "$n" ]; then branch baseline control; continue; fi
       # R-Drop stopped before the baseline did: the control is a fresh run of n updates.
@@ -294,8 +299,6 @@ for step in $PLAN; do
     rdrop)
       if [ -n "$ALPHA" ]; then
         echo "$ALPHA" >"$STATE/scores/chosen-alpha"
-        # The control trails R-Drop, and without a budget it needs the finished baseline.
-        [ -n "$BUDGET" ] || join
         spawn rdrop_step "$ALPHA"
         continue
       fi
@@ -308,7 +311,8 @@ for step in $PLAN; do
     control)
       [ -n "$BUDGET" ] && { spawn control_budget_step; continue; }
       [ -f "$STATE/scores/chosen-alpha" ] || { log "control needs the rdrop step (its α and run)"; exit 1; }
-      [ -f "$STATE/runs/baseline/DONE" ] || { log "control needs the finished baseline"; exit 1; }
+      [[ " $PLAN " == *" baseline "* ]] || [ -f "$STATE/runs/baseline/DONE" ] \
+        || { log "control needs the baseline step"; exit 1; }
       spawn control_step ;;
     seeds)
       [ -f "$STATE/scores/chosen-alpha" ] || { log "seeds need the rdrop step's α"; exit 1; }
