@@ -635,12 +635,17 @@ impl ArgPath for common::Rdrop {
 fn profile_phases_counts_every_step_and_changes_no_output() {
     let sb = Sandbox::new();
     let model = opus();
-    let ids = "5 9 13 0\n7 7 21 30 4 0\n11 0\n";
+    // From a file, not stdin: a stdin chunk holds only the lines that have arrived, so a loaded
+    // machine could split the three lines over two batches.
+    let ids = sb.write("ids.txt", "5 9 13 0\n7 7 21 30 4 0\n11 0\n");
+    let ids = ids.to_str().unwrap();
     let run = |profile: bool| {
         let mut args = vec![
             "translate",
             "--model",
             &model,
+            "--input",
+            ids,
             "--token-ids",
             "--beam",
             "1",
@@ -650,7 +655,7 @@ fn profile_phases_counts_every_step_and_changes_no_output() {
         if profile {
             args.push("--profile-phases");
         }
-        sb.rdrop().args(args).stdin(ids).output()
+        sb.rdrop().args(args).output()
     };
     let plain = run(false);
     let timed = run(true);
