@@ -228,25 +228,20 @@ baseline_step() { train baseline "$BASE" "${budget[@]}" && evaluate baseline; }
 rdrop_step() {
   train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$1" "${budget[@]}" && evaluate rdrop
 }
-# With a BUDGET the control's length is known from the start (2×BUDGET): it continues the baseline
-# once that is done, without waiting for R-Drop.
-control_budget_step() {
-  until [ -f "$STATE/runs/baseline/DONE" ]; do
-    [ -f "$STATE/logs/FAILED" ] && return 1
-    sleep 60
-  done
-  branch baseline control
-  train control "$BASE" --set "training.max_updates=$(( 2 * BUDGET ))" --set "validation.patience=0" \
-    && evaluate control
-}
 # The control is the baseline given twice R-Drop's updates. It runs beside R-Drop, trailing it: it
 # may always train to twice R-Drop's latest checkpoint, since R-Drop's final count can only be
 # larger, and it ends at twice the final count once R-Drop is done.
 control_step() {
   local ctl=$STATE/runs/control
   while [ ! -f "$ctl/DONE" ]; do
-    local n=$(( 2 * $(updates_of rdrop) )) rdone=0
-    [ -f "$STATE/runs/rdrop/DONE" ] && rdone=1
+    local n rdone=0
+    if [ -n "$BUDGET" ]; then
+      # A fixed budget fixes the control's length from the start: it need not trail R-Drop.
+      n=$(( 2 * BUDGET )); rdone=1
+    else
+      n=$(( 2 * $(updates_of rdrop) ))
+      [ -f "$STATE/runs/rdrop/DONE" ] && rdone=1
+    fi
     if [ ! -e "$ctl" ]; then
       # The control starts from the finished baseline (or fresh, below), never from a running one.
       if [ ! -f "$STATE/runs/baseline/DONE" ]; then
@@ -309,7 +304,6 @@ for step in $PLAN; do
       branch "sweep-a$alpha" rdrop
       spawn rdrop_step "$alpha" ;;
     control)
-      [ -n "$BUDGET" ] && { spawn control_budget_step; continue; }
       [ -f "$STATE/scores/chosen-alpha" ] || { log "control needs the rdrop step (its α and run)"; exit 1; }
       [[ " $PLAN " == *" baseline "* ]] || [ -f "$STATE/runs/baseline/DONE" ] \
         || { log "control needs the baseline step"; exit 1; }

@@ -5,9 +5,9 @@
 /// of such blocks, to 32 MiB at most) with a fresh `mmap` and unmaps it on free, and trims the heap
 /// top past 128 KiB: each training step then page-faults its activations, logits and gradients in
 /// again, the kernel zeroing every page. Measured on the Multi30k baseline recipe, 1 thread: 8.2 M
-/// minor faults and 11.6 s system time in 30 updates, against 0.28 M and 0.7 s with the heap kept
-///. A threshold of 1 GiB, no trimming below it and a 64 MiB top pad keep
-/// freed blocks in the heap for reuse; peak memory is unchanged, only not handed back early.
+/// minor faults and 11.6 s system time in 30 updates, against 0.28 M and 0.7 s with the heap kept.
+/// A threshold of 1 GiB, no trimming below it and a 64 MiB top pad keep freed blocks in the heap for
+/// reuse; peak memory is unchanged, only not handed back early.
 ///
 /// A user who tunes malloc through the environment (`MALLOC_*_`, `GLIBC_TUNABLES`) keeps their
 /// settings. Call it first thing in `main`: it changes the whole process, so the library never calls it
