@@ -3,6 +3,7 @@
 #
 #   scripts/build-cuda.sh            # -> dist/rdrop-cuda (stripped release binary)
 #   scripts/build-cuda.sh --tests    # also -> dist/gpu/cuda-tests.tar.xz (test binaries for scripts/gpu-check.sh)
+#   scripts/build-cuda.sh --clippy   # only lints the workspace with every `cuda` feature on (CI lints without)
 #
 # How: CUDA 13.0 comes from NVIDIA's PyPI wheels (pinned below), unpacked with pip into a cache folder
 # that git ignores; a CUDA_HOME is assembled from them; the driver library, which only ships with a GPU,
@@ -29,10 +30,11 @@ set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
-want_tests=0
+want_tests=0 want_clippy=0
 for arg in "$@"; do
   case "$arg" in
     --tests) want_tests=1 ;;
+    --clippy) want_clippy=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-cuda: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
@@ -111,6 +113,14 @@ export LD_LIBRARY_PATH=$home/lib:$home/lib/stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_
 jobs=()
 [ -n "${JOBS:-}" ] && jobs=(-j "$JOBS")
 say "nvcc: $(nvcc --version | tail -n 2 | head -n 1); compute cap $CUDA_COMPUTE_CAP; target $CARGO_TARGET_DIR"
+
+if [ "$want_clippy" = 1 ]; then
+  # Release profile: its build scripts' output (candle's PTX) is the build's, so nothing recompiles.
+  cargo clippy --locked --release "${jobs[@]}" --workspace --all-targets \
+    --features cuda,rdrop-seq2seq/cuda,rdrop-loss/cuda,rdrop-train/cuda -- -D warnings
+  say "clippy with cuda: clean ($(($(date +%s) - t_start)) s)"
+  exit 0
+fi
 
 cargo build --locked --release "${jobs[@]}" --features cuda --bin rdrop
 mkdir -p "$dist"
