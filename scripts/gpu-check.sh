@@ -4,8 +4,9 @@
 #
 #   On the build machine (no GPU needed):
 #     scripts/build-cuda.sh --tests      # dist/gpu/cuda-tests.tar.xz: rdrop + the library test binaries
-#     scripts/gpu-check.sh --prepare     # + dist/gpu/peers/ (the PyTorch peer's model maker) and the
-#                                        #   opus-size tokenizer (~2 min); prints sizes and the run call
+#     scripts/gpu-check.sh --prepare     # + dist/gpu/peers/ (the PyTorch peer's model maker), the
+#                                        #   opus-size tokenizer (~2 min), Multi30k (for stage 5) and
+#                                        #   the report's sacrebleu/sacremoses wheels; prints sizes
 #   On the GPU machine, from the repository root, with dist/gpu/ beside it:
 #     OUT=/some/dir scripts/gpu-check.sh # results: $OUT/gpu-check.json, logs: $OUT/gpu-check.log
 #
@@ -42,6 +43,13 @@
 #     transformers-made checkpoint: E2E_UPDATES (default 200) updates in bf16 with validation and
 #     checkpoints, then `rdrop score` of best/ on the GPU and on the CPU: the same log-probabilities
 #     (within 1e-4 relative) show the saved checkpoint reloads as trained.
+#  5. only when STAGES names it: the Multi30k experiment (scripts/multi30k-experiment.sh --device cuda,
+#     on the data --prepare copied into dist/gpu/multi30k), trainings M30K_JOBS (default 5: the baseline beside the 4 sweep runs) at a time,
+#     under M30K_LIMIT seconds (default 480); its settings pass through (e.g. BUDGET=2000 ALPHA=1).
+#     Back in $OUT: report.md and its curves, and multi30k-state.tar.xz, the experiment's state without
+#     model files (logs, metrics, test outputs, scores), which scripts/multi30k-experiment.sh
+#     --plan report continues on any machine after `tar -C STATE -xf`. A run cut short by the limit
+#     still returns what it finished.
 #
 # Op audit (candle 0.11.1, read from its sources): every op the model and criteria use has a CUDA
 # kernel and a backward: matmul (cuBLAS; the backward matmuls transposed views), exp/log/sqrt/silu/
@@ -77,6 +85,23 @@ if [ "${1:-}" = "--prepare" ]; then
     mkdir -p "$gpu/opus-tokenizer"
     cp "$tmp"/m/{source.spm,target.spm,vocab.json,tokenizer_config.json} "$gpu/opus-tokenizer/"
     rm -rf "$tmp"
+  fi
+  # Stage 5's data: the GPU machine has no ../shared. Only what the experiment reads.
+  m30k=${PEERS:+$PEERS/../data/multi30k}
+  m30k=${m30k:-$repo/../shared/data/multi30k}
+  if [ -d "$m30k/raw" ]; then
+    mkdir -p "$gpu/multi30k/raw" "$gpu/multi30k/tok"
+    cp "$m30k"/raw/{train,val,test_2016_flickr,test_2017_flickr}.{de,en} "$gpu/multi30k/raw/"
+    cp "$m30k"/tok/test_201[67]_flickr.lc.norm.tok.en "$gpu/multi30k/tok/"
+  else
+    echo "no Multi30k at $m30k: stage 5 will not run" >&2
+  fi
+  # The report's Python packages at the versions the CPU runs use (the GPU machine's sacrebleu may
+  # differ and it has no sacremoses; both are pure Python, their dependencies are there).
+  if [ ! -f "$gpu/wheels/.pins" ]; then
+    mkdir -p "$gpu/wheels"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$gpu/wheels" \
+      sacrebleu==2.6.0 sacremoses==0.2.0 && echo "sacrebleu==2.6.0 sacremoses==0.2.0" >"$gpu/wheels/.pins"
   fi
   tracked=$(git ls-files -z | du -ch --files0-from=- 2>/dev/null | tail -n 1 | cut -f1)
   echo "to copy: dist/gpu = $(du -sh "$gpu" | cut -f1), tracked tree = $tracked"
@@ -175,13 +200,15 @@ fi
 say "stage 2: training throughput"
 model=$W/opus
 # PRESET=tiny makes a small model instead: only to try this script out.
-if [ "${PRESET:-opus}" = opus ] && [ -f "$gpu/opus-tokenizer/vocab.json" ]; then
+if ! want 2 && ! want 3 && ! want 4; then
+  : # stage 5 alone needs no opus-size model
+elif [ "${PRESET:-opus}" = opus ] && [ -f "$gpu/opus-tokenizer/vocab.json" ]; then
   stage 180 "$PY" "$gpu/peers/make_tiny_marian.py" --preset opus --no-tokenizer --out "$model" &&
     cp "$gpu"/opus-tokenizer/* "$model/"
 else
   stage 240 "$PY" "$gpu/peers/make_tiny_marian.py" --preset "${PRESET:-opus}" --out "$model"
 fi
-[ -f "$model/vocab.json" ] || say "  could not make the opus-size model"
+{ want 2 || want 3 || want 4; } && [ ! -f "$model/vocab.json" ] && say "  could not make the opus-size model"
 B=64 L=64 MINF=0.9 STEPS=30 WARM=5
 smi_peak() { # runs "$@" while sampling GPU memory; prints the peak above idle (MiB) to $W/peak
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$W/smi.log" 2>/dev/null &
@@ -402,6 +429,37 @@ PYEOF
 )
   say "  e2e: $r"
   result e2e_finetune "$r"
+fi
+
+# --- 5. the Multi30k experiment on the GPU (only when asked: it takes a call of its own) ------------
+if want 5; then
+  say "stage 5: Multi30k experiment"
+  if [ -d "$gpu/multi30k/raw" ]; then
+    M30K_LIMIT=${M30K_LIMIT:-480}
+    m30k_state=$W/multi30k
+    site=$W/py-site
+    rm -rf "$site" && mkdir -p "$site"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$gpu"/wheels/*.whl >>"$log" 2>&1 ||
+      say "  could not install the report's wheels"
+    # The report runs with the machine's Python, the carried wheels first on its path.
+    printf '#!/bin/sh\nPYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$site" "$(command -v "$PY")" >"$W/report-python"
+    chmod +x "$W/report-python"
+    STATE=$m30k_state DATA=$gpu/multi30k/raw RDROP=$rdrop JOBS=${M30K_JOBS:-5} REPORT_PYTHON=$W/report-python \
+      stage "$M30K_LIMIT" bash scripts/multi30k-experiment.sh --device cuda
+    rc=$?
+    say "  experiment rc $rc: $(tail -n 1 "$m30k_state/logs/experiment.log" 2>/dev/null)"
+    grep -h "trained\|valid at" "$m30k_state"/logs/*.log 2>/dev/null | tail -n 40 >>"$log"
+    for f in report.md curves-main-updates.png curves-main-wall.png; do
+      [ -f "$m30k_state/$f" ] && cp "$m30k_state/$f" "$OUT/"
+    done
+    # Everything but the models and the binary: what the report and later scoring read.
+    tar -C "$m30k_state" --exclude='./runs/*/checkpoints' --exclude='./runs/*/best' --exclude='./avg' \
+      --exclude='./bin/rdrop' --exclude='./py' -cf - . | xz -T4 >"$OUT/multi30k-state.tar.xz"
+    say "  state: $(du -h "$OUT/multi30k-state.tar.xz" | cut -f1) in \$OUT/multi30k-state.tar.xz"
+    result multi30k "{\"rc\":$rc,\"limit_s\":$M30K_LIMIT}"
+  else
+    say "  no dist/gpu/multi30k: run scripts/gpu-check.sh --prepare where ../shared is"
+  fi
 fi
 
 # --- summary ----------------------------------------------------------------------------------------

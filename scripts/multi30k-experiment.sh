@@ -35,10 +35,13 @@
 #             the control 2×BUDGET, none stops early; the control continues the baseline as soon
 #             as it is done, beside R-Drop, so both cores stay busy. For an experiment that must end
 #             within one sitting (a machine that does not keep $STATE).
+#   DATA      Multi30k's raw/ folder, for training and testing (default ../shared/data/multi30k/raw);
+#             the official tokenised test references are read from DATA/../tok
+#   REPORT_PYTHON  a Python with sacrebleu, sacremoses and matplotlib for the report (default: a small
+#             venv made under $STATE/py)
 # --plan picks and orders the steps (default: "baseline sweep rdrop control seeds report").
-# With --device cuda, every training runs on the GPU (use a CUDA build as RDROP).
-# Needs ../shared/data/multi30k; the report needs Python (a small venv with sacrebleu, sacremoses and
-# matplotlib is made under $STATE/py).
+# With --device cuda, every training runs on the GPU (use a CUDA build as RDROP), and validation and
+# test decoding in large batches (500 sentences for validation, VALID_BATCH; 512 for the test sets).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -51,7 +54,7 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --plan) PLAN=$2; shift 2 ;;
     --fresh-binary) FRESH=1; shift ;;
-    -h|--help) sed -n '2,41p' "$repo/scripts/multi30k-experiment.sh"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$repo/scripts/multi30k-experiment.sh" | sed '$d'; exit 0 ;;
     *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,8 +71,22 @@ NICE=${NICE:-19}
 cores=$(nproc 2>/dev/null || echo 1)
 if [ "$DEVICE" = cpu ] && [ "$cores" -ge 2 ]; then JOBS=${JOBS:-2}; else JOBS=${JOBS:-1}; fi
 THREADS=${THREADS:-$(( cores / JOBS > 0 ? cores / JOBS : 1 ))}
-DATA=$repo/../shared/data/multi30k/raw
+DATA=${DATA:-$repo/../shared/data/multi30k/raw}
 [ -d "$DATA" ] || { echo "no Multi30k data at $DATA" >&2; exit 1; }
+# The recipes read ../shared; another DATA reaches the trainings as settings (none by default, so
+# runs started without DATA resume with the recipe they started with).
+data_set=()
+if [ "$DATA" != "$repo/../shared/data/multi30k/raw" ]; then
+  data_set=(--set "data.train={ source = \"$DATA/train.de\", target = \"$DATA/train.en\" }"
+    --set "data.valid={ source = \"$DATA/val.de\", target = \"$DATA/val.en\" }")
+fi
+# On a GPU a decoding step costs about the same for 64 rows as for 2,500: validate and translate in
+# large batches there (the results do not depend on the batching).
+dev_set=() dev_tr=()
+if [ "$DEVICE" != cpu ]; then
+  dev_set=(--set "validation.batch_size=${VALID_BATCH:-500}")
+  dev_tr=(--batch-size 512 --batch-tokens 131072)
+fi
 mkdir -p "$STATE"/{bin,runs,out,scores,logs,test}
 # The test sets as scored (all lines unless TEST_LINES), with the official tokenised references.
 for t in test_2016_flickr test_2017_flickr; do
@@ -88,8 +105,14 @@ if [ ! -x "$BIN" ] || [ "$FRESH" = 1 ]; then
   cp "$src" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
   commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
-  echo "$commit" >"$STATE/bin/COMMIT"
-  log "binary: $src at $commit -> $BIN"
+  if [ -f "$STATE/bin/COMMIT" ] && [ "$FRESH" != 1 ]; then
+    # A state that came without its binary (gpu-check.sh's stage 5 returns it so): its runs were
+    # trained by the commit it names, and this binary only scores and reports them.
+    log "binary: $src at $commit -> $BIN, to score runs trained at $(cat "$STATE/bin/COMMIT")"
+  else
+    echo "$commit" >"$STATE/bin/COMMIT"
+    log "binary: $src at $commit -> $BIN"
+  fi
 fi
 COMMIT=$(cat "$STATE/bin/COMMIT")
 
@@ -105,7 +128,7 @@ fit() {
   log "training $name ${resume[*]} ($*)"
   # shellcheck disable=SC2086
   nice -n "$NICE" "$BIN" train "$recipe" --set "output_dir=\"$run\"" --set "device=\"$DEVICE\"" \
-    --set "training.threads=$THREADS" ${EXTRA_SET:-} "$@" "${resume[@]}" >>"$STATE/logs/$name.log" 2>&1 \
+    --set "training.threads=$THREADS" "${data_set[@]}" "${dev_set[@]}" ${EXTRA_SET:-} "$@" "${resume[@]}" >>"$STATE/logs/$name.log" 2>&1 \
     || { log "training $name stopped: see $STATE/logs/$name.log; rerun to resume"; exit 1; }
 }
 
@@ -178,7 +201,7 @@ evaluate() {
     for t in test_2016_flickr test_2017_flickr; do
       local hyp=$STATE/out/$name.$ck.$t.en
       if [ ! -f "$hyp" ]; then
-        nice -n "$NICE" "$BIN" translate --model "$model" --beam "$BEAM" --device "$DEVICE" --quiet \
+        nice -n "$NICE" "$BIN" translate --model "$model" --beam "$BEAM" --device "$DEVICE" "${dev_tr[@]}" --quiet \
           --input "$TEST/$t.de" --output "$hyp.tmp" && mv "$hyp.tmp" "$hyp"
       fi
       for kind in bleu lc chrf; do
@@ -318,11 +341,11 @@ for step in $PLAN; do
     report)
       join
       all_significance
-      PYV=$STATE/py
-      if [ ! -x "$PYV/bin/python" ] || ! "$PYV/bin/python" -c 'import sacrebleu, sacremoses, matplotlib' 2>/dev/null; then
-        python3 -m venv "$PYV" && "$PYV/bin/pip" install -q sacrebleu==2.6.0 sacremoses matplotlib >&2
+      PYR=${REPORT_PYTHON:-$STATE/py/bin/python}
+      if [ -z "${REPORT_PYTHON:-}" ] && { [ ! -x "$PYR" ] || ! "$PYR" -c 'import sacrebleu, sacremoses, matplotlib' 2>/dev/null; }; then
+        python3 -m venv "$STATE/py" && "$STATE/py/bin/pip" install -q sacrebleu==2.6.0 sacremoses matplotlib >&2
       fi
-      "$PYV/bin/python" scripts/multi30k_report.py --state "$STATE" --data "$TEST" \
+      "$PYR" scripts/multi30k_report.py --state "$STATE" --data "$TEST" \
         --tok "$TEST" --commit "$COMMIT" --avg "avg$AVG_LAST" --budget "$BUDGET" --alpha "$ALPHA"
       log "report: $STATE/report.md" ;;
     *) echo "unknown step $step" >&2; exit 2 ;;
