@@ -105,6 +105,11 @@ if [ ! -x "$BIN" ] || [ "$FRESH" = 1 ]; then
   cp "$src" "$BIN.tmp" && mv "$BIN.tmp" "$BIN"
   commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
   git diff --quiet HEAD 2>/dev/null || commit="$commit (with uncommitted changes)"
+  # A given binary names the commit it was built from (a copied checkout may have no git).
+  if [ -n "${RDROP:-}" ]; then
+    built=$("$src" --version 2>/dev/null | sed -n 's/.*(commit \([0-9a-f]*\)\(-dirty\)\{0,1\}[;)].*/\1\2/p')
+    [ -n "$built" ] && commit=${built/-dirty/ (with uncommitted changes)}
+  fi
   if [ -f "$STATE/bin/COMMIT" ] && [ "$FRESH" != 1 ]; then
     # A state that came without its binary (gpu-check.sh's stage 5 returns it so): its runs were
     # trained by the commit it names, and this binary only scores and reports them.
