@@ -87,8 +87,7 @@ if [ "${1:-}" = "--prepare" ]; then
     rm -rf "$tmp"
   fi
   # Stage 5's data: the GPU machine has no ../shared. Only what the experiment reads.
-  m30k=${PEERS:+$PEERS/../data/multi30k}
-  m30k=${m30k:-$repo/../shared/data/multi30k}
+  m30k=$peers/../data/multi30k
   if [ -d "$m30k/raw" ]; then
     mkdir -p "$gpu/multi30k/raw" "$gpu/multi30k/tok"
     cp "$m30k"/raw/{train,val,test_2016_flickr,test_2017_flickr}.{de,en} "$gpu/multi30k/raw/"
@@ -200,7 +199,9 @@ fi
 say "stage 2: training throughput"
 model=$W/opus
 # PRESET=tiny makes a small model instead: only to try this script out.
-if ! want 2 && ! want 3 && ! want 4; then
+needs_model=0
+{ want 2 || want 3 || want 4; } && needs_model=1
+if [ "$needs_model" = 0 ]; then
   : # stage 5 alone needs no opus-size model
 elif [ "${PRESET:-opus}" = opus ] && [ -f "$gpu/opus-tokenizer/vocab.json" ]; then
   stage 180 "$PY" "$gpu/peers/make_tiny_marian.py" --preset opus --no-tokenizer --out "$model" &&
@@ -208,7 +209,7 @@ elif [ "${PRESET:-opus}" = opus ] && [ -f "$gpu/opus-tokenizer/vocab.json" ]; th
 else
   stage 240 "$PY" "$gpu/peers/make_tiny_marian.py" --preset "${PRESET:-opus}" --out "$model"
 fi
-{ want 2 || want 3 || want 4; } && [ ! -f "$model/vocab.json" ] && say "  could not make the opus-size model"
+[ "$needs_model" = 1 ] && [ ! -f "$model/vocab.json" ] && say "  could not make the opus-size model"
 B=64 L=64 MINF=0.9 STEPS=30 WARM=5
 smi_peak() { # runs "$@" while sampling GPU memory; prints the peak above idle (MiB) to $W/peak
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$W/smi.log" 2>/dev/null &
