@@ -4,6 +4,8 @@ include!("../kernels/build_ptx.rs");
 
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
+    compile_ptx("src/ops/bias_act.cu", "bias_act.ptx");
     compile_ptx("src/ops/dropout.cu", "dropout.ptx");
+    compile_ptx("src/ops/residual_layer_norm.cu", "residual_layer_norm.ptx");
     compile_ptx("src/generate/top_k.cu", "top_k.ptx");
 }

@@ -1,5 +1,5 @@
-//! CUDA plumbing for the fused ops (feature `cuda`): an input's contiguous device view and the
-//! one-block-per-row launch the row kernels share.
+//! CUDA plumbing for the fused ops (feature `cuda`): an input's contiguous device view, the
+//! one-block-per-row launch the row kernels share and the grid-stride launch of elementwise ones.
 //!
 //! Each op's kernels live in a `.cu` file beside its Rust file, compiled to PTX by that crate's
 //! build script with the CUDA build's nvcc and loaded with `CudaDevice::get_or_load_custom_func`
@@ -34,6 +34,16 @@ pub fn per_row(rows: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
         block_dim: (ROW_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A grid-stride launch over `n` elements: blocks of 256 threads, at most 8192 of them (each
+/// thread then loops), as the elementwise kernels expect.
+pub fn elementwise(n: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (n.div_ceil(256).clamp(1, 8192) as u32, 1, 1),
+        block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
 }

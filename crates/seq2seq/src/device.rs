@@ -155,7 +155,13 @@ pub fn cuda_unavailable_reason() -> Option<String> {
 
 /// For CUDA tests: GPU 0, opened once per process, or `None` after printing why the test `test`
 /// skips. With `RDROP_REQUIRE_CUDA=1` (scripts/gpu-check.sh sets it) a missing GPU panics instead.
+/// `RDROP_CUDA_TESTS_ON_CPU=1` hands out the CPU instead, to rehearse the tests' own code (inputs,
+/// dtypes, comparisons) where no GPU is at hand: their checks then compare the CPU with itself.
 pub fn cuda_for_test(test: &str) -> Option<Device> {
+    if std::env::var("RDROP_CUDA_TESTS_ON_CPU").is_ok_and(|v| v == "1") {
+        eprintln!("{test}: RDROP_CUDA_TESTS_ON_CPU=1, running on the CPU");
+        return Some(Device::Cpu);
+    }
     if let Some(why) = cuda_unavailable_reason() {
         if std::env::var("RDROP_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
             panic!("{test}: RDROP_REQUIRE_CUDA=1 but no usable GPU: {why}");

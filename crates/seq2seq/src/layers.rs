@@ -25,8 +25,8 @@ pub(crate) fn mask_value(dtype: DType) -> f64 {
     }
 }
 
-/// Layer norm composed of ops with a backward pass. candle_nn's `LayerNorm` takes a fused kernel on
-/// contiguous input that passes no gradient to its weights.
+/// The blocks' layer norm, applied to the residual sum (candle_nn's `LayerNorm` takes a fused
+/// kernel on contiguous input that passes no gradient to its weights).
 #[derive(Debug, Clone)]
 struct LayerNorm {
     weight: Tensor,
@@ -48,9 +48,11 @@ impl LayerNorm {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::layer_norm(
+    /// The post-norm residual `LayerNorm(x + h)`, fused (see [`ops::residual_layer_norm`]).
+    fn forward_residual(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
+        Ok(ops::residual_layer_norm(
             x,
+            h,
             &self.weight,
             &self.bias,
             LAYER_NORM_EPS,
@@ -113,6 +115,15 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, None)
+    }
+
+    /// `act(x·Wᵀ + b)`, the bias and activation in one fused op.
+    fn forward_activated(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.forward_then(x, Some(act))
+    }
+
+    fn forward_then(&self, x: &Tensor, act: Option<Activation>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let d_in = dims.last().copied().unwrap_or(1);
         let rows = x.elem_count() / d_in.max(1);
@@ -121,22 +132,16 @@ impl Linear {
             Weight::Rows(w) => x.matmul(&w.t()?)?,
             Weight::Columns(w) => x.matmul(w)?,
         };
-        let y = ops::add_bias(&y, &self.bias)?;
+        let y = match act {
+            Some(act) => ops::add_bias_act(&y, &self.bias, act)?,
+            None => ops::add_bias(&y, &self.bias)?,
+        };
         let mut out = dims;
         if let Some(last) = out.last_mut() {
             *last = self.d_out()?;
         }
         Ok(y.reshape(out)?)
     }
-}
-
-fn activate(act: Activation, x: &Tensor) -> Result<Tensor> {
-    Ok(match act {
-        Activation::Silu => x.silu()?,
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
-        Activation::Relu => x.relu()?,
-    })
 }
 
 /// Multi-head attention (`self_attn` / `encoder_attn`): q, k, v and out projections with biases.
@@ -282,7 +287,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = activate(self.act, &self.fc1.forward(x)?)?;
+        let h = self.fc1.forward_activated(x, self.act)?;
         let h = mode.dropout(&h, self.activation_dropout)?;
         self.fc2.forward(&h)
     }
@@ -329,10 +334,10 @@ impl EncoderLayer {
     pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
         let h = self.self_attn.forward(x, x, Some(mask), mode)?;
         let h = mode.dropout(&h, self.dropout)?;
-        let x = self.self_attn_layer_norm.forward(&(x + h)?)?;
+        let x = self.self_attn_layer_norm.forward_residual(x, &h)?;
         let h = self.ffn.forward(&x, mode)?;
         let h = mode.dropout(&h, self.dropout)?;
-        self.final_layer_norm.forward(&(x + h)?)
+        self.final_layer_norm.forward_residual(&x, &h)
     }
 }
 
@@ -395,13 +400,13 @@ impl DecoderLayer {
         mode: Mode,
     ) -> Result<Tensor> {
         let h = mode.dropout(self_out, self.dropout)?;
-        let x = self.self_attn_layer_norm.forward(&(x + h)?)?;
+        let x = self.self_attn_layer_norm.forward_residual(x, &h)?;
         let h = cross(&x)?;
         let h = mode.dropout(&h, self.dropout)?;
-        let x = self.encoder_attn_layer_norm.forward(&(x + h)?)?;
+        let x = self.encoder_attn_layer_norm.forward_residual(&x, &h)?;
         let h = self.ffn.forward(&x, mode)?;
         let h = mode.dropout(&h, self.dropout)?;
-        self.final_layer_norm.forward(&(x + h)?)
+        self.final_layer_norm.forward_residual(&x, &h)
     }
 
     /// Teacher-forced pass: `x` `[B, T, D]`, `causal` additive `[T, T]`, `enc` `[B, S, D]`,

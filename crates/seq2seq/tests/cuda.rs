@@ -4,7 +4,8 @@
 //! References: the fixture checkpoints' `reference.safetensors` logits from transformers
 //! (scripts/make_model_fixtures.py), and the CPU path, which tests/model tests check against them.
 //! Without a GPU, or in a build without the `cuda` feature, each test prints why and passes, unless
-//! `RDROP_REQUIRE_CUDA=1` (set by scripts/gpu-check.sh) turns the skip into a failure.
+//! `RDROP_REQUIRE_CUDA=1` (set by scripts/gpu-check.sh) turns the skip into a failure, and
+//! `RDROP_CUDA_TESTS_ON_CPU=1` runs them on the CPU to rehearse their own code.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,12 @@ const VARIANTS: [&str; 4] = ["opus", "separate-vocab", "untied-relu", "minimal-c
 
 fn gpu(test: &str) -> Option<Device> {
     cuda_for_test(test)
+}
+
+/// Under `RDROP_CUDA_TESTS_ON_CPU=1` the "GPU" is the CPU: the tests' code runs, but their
+/// tolerances, set for the CUDA kernels' arithmetic, do not hold for the CPU's composed bf16 ops.
+fn rehearsal() -> bool {
+    std::env::var("RDROP_CUDA_TESTS_ON_CPU").is_ok_and(|v| v == "1")
 }
 
 fn model_dir(variant: &str) -> PathBuf {
@@ -122,7 +129,7 @@ fn f32_logits_match_cpu_and_transformers() {
         let b = batch(variant);
         let cpu = eval_logits(variant, DType::F32, &Device::Cpu, &b);
         let cuda = eval_logits(variant, DType::F32, &dev, &b);
-        assert!(cuda.device().is_cuda());
+        assert!(cuda.device().is_cuda() || rehearsal());
         let d_cpu = max_abs_diff(&cpu, &cuda);
         let d_ref = max_abs_diff(&b.reference, &cuda);
         eprintln!("{variant}: |cuda - cpu| {d_cpu:.2e}, |cuda - transformers| {d_ref:.2e}");
@@ -324,7 +331,12 @@ fn value_and_grads(
         .collect();
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let y = op(&tensors);
-    let r = wave(y.dims(), 0.3, 1.0).to_device(dev).unwrap();
+    // In the output's dtype: candle multiplies only equal dtypes (bf16 outputs of f32 inputs).
+    let r = wave(y.dims(), 0.3, 1.0)
+        .to_dtype(y.dtype())
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
     let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
     let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap();
     let g = tensors
@@ -338,6 +350,12 @@ fn value_and_grads(
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, rel: f32) {
     let scale = max_abs(want).max(1e-6);
     let d = max_abs_diff(got, want);
+    if d > rel * scale && rehearsal() {
+        eprintln!(
+            "{what}: max |cuda − cpu| {d} for values up to {scale} (CPU rehearsal: not checked)"
+        );
+        return;
+    }
     assert!(
         d <= rel * scale,
         "{what}: max |cuda − cpu| {d} for values up to {scale}"
@@ -390,6 +408,99 @@ fn fused_ops_match_cpu_values_and_gradients() {
             &g_cpu[0],
             1e-4,
         );
+    }
+}
+
+/// The blocks' residual + layer norm kernel (`src/ops/residual_layer_norm.cu`, the backward the
+/// layer norm's) against the CPU's: f32 values and gradients within 1e-4, bf16 within 1e-2.
+#[test]
+fn residual_layer_norm_matches_cpu_values_and_gradients() {
+    let Some(dev) = gpu("residual_layer_norm_matches_cpu_values_and_gradients") else {
+        return;
+    };
+    use rdrop_seq2seq::ops::residual_layer_norm;
+    // Row widths below the block's 256 threads, at a model's width, and not a multiple of them.
+    for (rows, d) in [(9, 31), (37, 512), (5, 1100)] {
+        let inputs = [
+            wave(&[rows, d], 0.1, 3.0),
+            wave(&[rows, d], 0.4, 1.0),
+            wave(&[d], 0.7, 1.5),
+            wave(&[d], 1.9, 0.5),
+        ];
+        let f = |t: &[Tensor]| residual_layer_norm(&t[0], &t[1], &t[2], &t[3], 1e-5).unwrap();
+        let (y_cpu, g_cpu) = value_and_grads(&Device::Cpu, &inputs, f);
+        let (y_gpu, g_gpu) = value_and_grads(&dev, &inputs, f);
+        let names = ["x", "h", "weight", "bias"];
+        assert_close(
+            &format!("residual layer norm {rows}x{d}"),
+            &y_gpu,
+            &y_cpu,
+            1e-4,
+        );
+        for (name, (g, c)) in names.iter().zip(g_gpu.iter().zip(&g_cpu)) {
+            assert_close(
+                &format!("residual layer norm {rows}x{d} grad {name}"),
+                g,
+                c,
+                1e-4,
+            );
+        }
+        let f16 = |t: &[Tensor]| {
+            let h: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+            residual_layer_norm(&h[0], &h[1], &h[2], &h[3], 1e-5).unwrap()
+        };
+        let (y16, g16) = value_and_grads(&dev, &inputs, f16);
+        assert_close(
+            &format!("bf16 residual layer norm {rows}x{d}"),
+            &y16,
+            &y_cpu,
+            1e-2,
+        );
+        for (name, (g, c)) in names.iter().zip(g16.iter().zip(&g_cpu)) {
+            assert_close(
+                &format!("bf16 residual layer norm {rows}x{d} grad {name}"),
+                g,
+                c,
+                1e-2,
+            );
+        }
+    }
+}
+
+/// The feed-forward's bias + activation kernels (`src/ops/bias_act.cu`) against the CPU's, every
+/// activation: f32 values and gradients within 1e-4 of the largest value, bf16 within 1e-2.
+#[test]
+fn bias_act_matches_cpu_values_and_gradients() {
+    let Some(dev) = gpu("bias_act_matches_cpu_values_and_gradients") else {
+        return;
+    };
+    use rdrop_seq2seq::ops::add_bias_act;
+    use rdrop_seq2seq::Activation;
+    for act in [
+        Activation::Silu,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Relu,
+    ] {
+        // More elements than the launch's 8192 × 256 threads once, to cover the grid-stride loop.
+        for (rows, d) in [(9, 31), (2100, 1024)] {
+            let inputs = [wave(&[rows, d], 0.2, 4.0), wave(&[d], 1.1, 1.0)];
+            let f = |t: &[Tensor]| add_bias_act(&t[0], &t[1], act).unwrap();
+            let (y_cpu, g_cpu) = value_and_grads(&Device::Cpu, &inputs, f);
+            let (y_gpu, g_gpu) = value_and_grads(&dev, &inputs, f);
+            let what = format!("{act:?} {rows}x{d}");
+            assert_close(&what, &y_gpu, &y_cpu, 1e-4);
+            for (name, (g, c)) in ["x", "bias"].iter().zip(g_gpu.iter().zip(&g_cpu)) {
+                assert_close(&format!("{what} grad {name}"), g, c, 1e-4);
+            }
+            let f16 = |t: &[Tensor]| {
+                let h: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+                add_bias_act(&h[0], &h[1], act).unwrap()
+            };
+            let (y16, g16) = value_and_grads(&dev, &inputs, f16);
+            assert_close(&format!("bf16 {what}"), &y16, &y_cpu, 1e-2);
+            assert_close(&format!("bf16 {what} grad x"), &g16[0], &g_cpu[0], 1e-2);
+        }
     }
 }
 

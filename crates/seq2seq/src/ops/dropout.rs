@@ -66,7 +66,7 @@ impl CustomOp2 for KeepMask {
         kl: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use candle_core::backend::BackendStorage;
-        use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+        use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, PushKernelArg};
         use candle_core::cuda_backend::{CudaDType, WrapErr};
         use candle_core::CudaStorage;
         use rdrop_kernels::cuda::contiguous_view;
@@ -86,12 +86,6 @@ impl CustomOp2 for KeepMask {
             let n = xl.shape().elem_count();
             let out = dev.alloc_zeros::<T>(n.max(1))?;
             if n > 0 {
-                let blocks = n.div_ceil(256).min(8192) as u32;
-                let cfg = LaunchConfig {
-                    grid_dim: (blocks, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
                 let func = dev.get_or_load_custom_func(kernel, "rdrop_seq2seq_dropout", PTX)?;
                 let mut b = func.builder();
                 b.arg(&x);
@@ -99,7 +93,7 @@ impl CustomOp2 for KeepMask {
                 b.arg(&out);
                 candle_core::builder_arg!(b, n as u64, scale);
                 // SAFETY: `x`, `keep` and `out` each hold `n` elements (shapes checked by the op).
-                unsafe { b.launch(cfg) }.w()?;
+                unsafe { b.launch(rdrop_kernels::cuda::elementwise(n)) }.w()?;
             }
             Ok(T::wrap_cuda_slice(out, dev.clone()))
         }

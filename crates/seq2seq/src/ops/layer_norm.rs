@@ -61,7 +61,7 @@ struct LayerNorm {
 }
 
 /// Mean and 1/σ of a row, in f64.
-fn moments<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
+pub(super) fn moments<T: WithDType>(row: &[T], eps: f64) -> (f64, f64) {
     let n = row.len() as f64;
     let mean = row.iter().map(|v| v.to_f64()).sum::<f64>() / n;
     let var = row
@@ -237,27 +237,38 @@ impl CustomOp3 for LayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if !available(x) {
-            // Half precision: the statistics and sums in f32 (as PyTorch's kernels), the
-            // gradients back in the input's dtype.
-            let dtype = x.dtype();
-            let up = |t: &Tensor| match dtype {
-                DType::BF16 | DType::F16 => t.to_dtype(DType::F32),
-                _ => Ok(t.clone()),
-            };
-            let (gx, gw, gb) = backward_composed(&up(x)?, &up(w)?, &up(grad)?, self.eps)?;
-            let down = |t: Tensor| t.to_dtype(dtype);
-            return Ok((Some(down(gx)?), Some(down(gw)?), Some(down(gb)?)));
-        }
-        let d = w.dim(0)?;
-        let rows = x.elem_count() / d.max(1);
-        let packed =
-            x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps: self.eps })?;
-        let gx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let gw = packed.narrow(0, rows, 1)?.reshape(d)?;
-        let gb = packed.narrow(0, rows + 1, 1)?.reshape(d)?;
+        let (gx, gw, gb) = backward(x, w, grad, self.eps)?;
         Ok((Some(gx), Some(gw), Some(gb)))
     }
+}
+
+/// The gradients (x, weight, bias) of `layer_norm(x, weight, _, eps)` for the incoming `grad`:
+/// the CPU kernel where it takes `x`, else tensor ops (in f32 for half-precision input).
+pub(super) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    grad: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    if !available(x) {
+        // Half precision: the statistics and sums in f32 (as PyTorch's kernels), the
+        // gradients back in the input's dtype.
+        let dtype = x.dtype();
+        let up = |t: &Tensor| match dtype {
+            DType::BF16 | DType::F16 => t.to_dtype(DType::F32),
+            _ => Ok(t.clone()),
+        };
+        let (gx, gw, gb) = backward_composed(&up(x)?, &up(w)?, &up(grad)?, eps)?;
+        let down = |t: Tensor| t.to_dtype(dtype);
+        return Ok((down(gx)?, down(gw)?, down(gb)?));
+    }
+    let d = w.dim(0)?;
+    let rows = x.elem_count() / d.max(1);
+    let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &LayerNormGrad { eps })?;
+    let gx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+    let gw = packed.narrow(0, rows, 1)?.reshape(d)?;
+    let gb = packed.narrow(0, rows + 1, 1)?.reshape(d)?;
+    Ok((gx, gw, gb))
 }
 
 /// The backward of [`LayerNorm`] in tensor ops, for devices without its CPU kernel: the statistics

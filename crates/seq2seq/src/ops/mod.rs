@@ -1,5 +1,5 @@
 //! The model's fused ops, one file each with its forward and backward and one entry point
-//! (`add_bias`, `layer_norm`, `softmax_last_dim`, `apply_keep_mask`, `single_query_attention`),
+//! (`add_bias`, `add_bias_act`, `layer_norm`, `residual_layer_norm`, `softmax_last_dim`, `apply_keep_mask`, `single_query_attention`),
 //! CPU kernels and, built with `cuda`, CUDA ones; and the attention softmax the layers share.
 //!
 //! candle's composed versions reduce the bias and norm-weight gradients over the batch rows, a
@@ -9,18 +9,22 @@
 //! plumbing the kernels share with rdrop-loss's is in the `rdrop-kernels` crate.
 
 mod attention;
+mod bias_act;
 mod bias_add;
 mod dropout;
 mod layer_norm;
+mod residual_layer_norm;
 mod softmax;
 
 use candle_core::{DType, Tensor, D};
 
 pub(crate) use attention::attend_rows;
 pub use attention::{single_query_attention, single_query_attention_composed};
+pub use bias_act::{add_bias_act, add_bias_act_composed};
 pub use bias_add::add_bias;
 pub use dropout::apply_keep_mask;
 pub use layer_norm::{layer_norm, layer_norm_composed};
+pub use residual_layer_norm::residual_layer_norm;
 pub use softmax::softmax_last_dim;
 
 /// Tunes the CPU matrix product for decoding with frozen weights, process-wide (single-threaded

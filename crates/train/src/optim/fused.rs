@@ -193,7 +193,7 @@ fn host_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mu
 #[cfg(feature = "cuda")]
 mod cuda {
     //! Launching the kernels of `fused.cu`: one thread per element, grid-stride.
-    use candle_core::cuda_backend::cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{CudaView, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{CudaStorage, Layout};
 
@@ -228,13 +228,8 @@ mod cuda {
         for c in consts {
             launch.arg(c);
         }
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).min(8192) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: every view holds `n` f32 elements (shapes checked by `update`).
-        unsafe { launch.launch(cfg) }.w()?;
+        unsafe { launch.launch(rdrop_kernels::cuda::elementwise(n)) }.w()?;
         Ok(())
     }
 }
