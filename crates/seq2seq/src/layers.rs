@@ -151,6 +151,9 @@ pub(crate) struct Attention {
     pub(crate) k_proj: Linear,
     pub(crate) v_proj: Linear,
     pub(crate) out_proj: Linear,
+    /// q (pre-scaled), k and v side by side, `[3D, D]`: only in a [`Attention::frozen`] copy of
+    /// a self-attention, for decoding's one product per step instead of three.
+    pub(crate) qkv: Option<Linear>,
     heads: usize,
     head_dim: usize,
     /// Probability of `attention_dropout` on the attention weights.
@@ -164,20 +167,74 @@ impl Attention {
             k_proj: Linear::new(d, d, vb.pp("k_proj"))?,
             v_proj: Linear::new(d, d, vb.pp("v_proj"))?,
             out_proj: Linear::new(d, d, vb.pp("out_proj"))?,
+            qkv: None,
             heads,
             head_dim: d / heads,
             dropout,
         })
     }
 
-    fn frozen(&self) -> Result<Self> {
+    /// `fuse_qkv` for self-attention, whose q, k and v all project the same input.
+    fn frozen(&self, fuse_qkv: bool) -> Result<Self> {
+        let qkv = match fuse_qkv {
+            true => Some(self.fused_qkv()?.frozen()?),
+            false => None,
+        };
         Ok(Attention {
             q_proj: self.q_proj.frozen()?,
             k_proj: self.k_proj.frozen()?,
             v_proj: self.v_proj.frozen()?,
             out_proj: self.out_proj.frozen()?,
+            qkv,
             ..self.clone()
         })
+    }
+
+    /// The q, k and v projections as one `[3D, D]` layer, q's rows scaled by `head_dim^-0.5`
+    /// (exact for head sizes that are powers of 4, as 64 is): differentiable in the three
+    /// layers' weights, so training runs one product where it ran three.
+    pub(crate) fn fused_qkv(&self) -> Result<Linear> {
+        if let Some(qkv) = &self.qkv {
+            return Ok(qkv.clone());
+        }
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let rows = |l: &Linear| match &l.weight {
+            Weight::Rows(w) => Ok(w.clone()),
+            Weight::Columns(_) => Err(Error::Input("fusing frozen projections".into())),
+        };
+        let weight = Tensor::cat(
+            &[
+                &(rows(&self.q_proj)? * scale)?,
+                &rows(&self.k_proj)?,
+                &rows(&self.v_proj)?,
+            ],
+            0,
+        )?;
+        let bias = Tensor::cat(
+            &[
+                &(&self.q_proj.bias * scale)?,
+                &self.k_proj.bias,
+                &self.v_proj.bias,
+            ],
+            0,
+        )?;
+        Ok(Linear {
+            weight: Weight::Rows(weight),
+            bias,
+        })
+    }
+
+    /// Self-attention's scaled queries, keys and values for `x` `[B, L, D]`, each `[B, H, L, dh]`
+    /// and contiguous: one product, then one copy into head-major order.
+    fn self_qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let y = self
+            .fused_qkv()?
+            .forward(x)?
+            .reshape((b, l, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        Ok((y.get(0)?, y.get(1)?, y.get(2)?))
     }
 
     /// `[B, L, D]` -> `[B, H, L, dh]`, contiguous so the batched matmuls run without further copies.
@@ -229,32 +286,40 @@ impl Attention {
         v: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(x)?;
         let scale = (self.head_dim as f64).powf(-0.5);
-        let h = ops::single_query_attention(&q, k, v, mask, scale)?;
+        self.attend_query(&self.q_proj.forward(x)?, k, v, mask, scale)
+    }
+
+    /// [`Attention::attend_one`] from the queries `q` `[B, 1, D]`, scaled here by `scale`.
+    fn attend_query(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        scale: f64,
+    ) -> Result<Tensor> {
+        let h = ops::single_query_attention(q, k, v, mask, scale)?;
         self.out_proj.forward(&h)
     }
 
-    /// Keys and values of one new position per row, `x` `[B, 1, D]`: `[B, H, 1, dh]` each (the
-    /// projection's rows already hold the heads side by side, so no copy is needed).
-    fn key_values_one(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Self-attention's scaled query `[B, 1, D]` and new key and value `[B, H, 1, dh]` for one
+    /// position per row, `x` `[B, 1, D]`.
+    fn qkv_one(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let b = x.dim(0)?;
+        let d = self.heads * self.head_dim;
+        let y = self.fused_qkv()?.forward(x)?;
         let shape = (b, self.heads, 1, self.head_dim);
         Ok((
-            self.k_proj.forward(x)?.reshape(shape)?,
-            self.v_proj.forward(x)?.reshape(shape)?,
+            y.narrow(2, 0, d)?.contiguous()?,
+            y.narrow(2, d, d)?.reshape(shape)?,
+            y.narrow(2, 2 * d, d)?.reshape(shape)?,
         ))
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        kv_source: &Tensor,
-        mask: Option<&Tensor>,
-        mode: Mode,
-    ) -> Result<Tensor> {
-        let q = self.query(x)?;
-        let (k, v) = self.key_values(kv_source)?;
+    /// Self-attention over `x` `[B, L, D]`; `mask` as in [`Attention::attend`].
+    fn self_forward(&self, x: &Tensor, mask: Option<&Tensor>, mode: Mode) -> Result<Tensor> {
+        let (q, k, v) = self.self_qkv(x)?;
         self.attend(&q, &k, &v, mask, mode)
     }
 }
@@ -322,7 +387,7 @@ impl EncoderLayer {
 
     pub(crate) fn frozen(&self) -> Result<Self> {
         Ok(EncoderLayer {
-            self_attn: self.self_attn.frozen()?,
+            self_attn: self.self_attn.frozen(true)?,
             self_attn_layer_norm: self.self_attn_layer_norm.frozen(),
             ffn: self.ffn.frozen()?,
             final_layer_norm: self.final_layer_norm.frozen(),
@@ -332,7 +397,7 @@ impl EncoderLayer {
 
     /// `x` `[B, S, D]`, `mask` additive `[B, 1, 1, S]`.
     pub fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
-        let h = self.self_attn.forward(x, x, Some(mask), mode)?;
+        let h = self.self_attn.self_forward(x, Some(mask), mode)?;
         let h = mode.dropout(&h, self.dropout)?;
         let x = self.self_attn_layer_norm.forward_residual(x, &h)?;
         let h = self.ffn.forward(&x, mode)?;
@@ -380,9 +445,9 @@ impl DecoderLayer {
 
     pub(crate) fn frozen(&self) -> Result<Self> {
         Ok(DecoderLayer {
-            self_attn: self.self_attn.frozen()?,
+            self_attn: self.self_attn.frozen(true)?,
             self_attn_layer_norm: self.self_attn_layer_norm.frozen(),
-            encoder_attn: self.encoder_attn.frozen()?,
+            encoder_attn: self.encoder_attn.frozen(false)?,
             encoder_attn_layer_norm: self.encoder_attn_layer_norm.frozen(),
             ffn: self.ffn.frozen()?,
             final_layer_norm: self.final_layer_norm.frozen(),
@@ -419,7 +484,7 @@ impl DecoderLayer {
         cross_mask: &Tensor,
         mode: Mode,
     ) -> Result<Tensor> {
-        let h = self.self_attn.forward(x, x, Some(causal), mode)?;
+        let h = self.self_attn.self_forward(x, Some(causal), mode)?;
         let (k, v) = self.encoder_attn.key_values(enc)?;
         let cross = |x: &Tensor| {
             let q = self.encoder_attn.query(x)?;
@@ -431,10 +496,10 @@ impl DecoderLayer {
     /// One incremental step (eval mode) of layer `i`: `x` `[B, 1, D]`, the newest position, whose
     /// keys and values join the ones `cache` holds for this layer.
     pub(crate) fn step(&self, x: &Tensor, i: usize, cache: &mut DecoderCache) -> Result<Tensor> {
-        let (k_new, v_new) = self.self_attn.key_values_one(x)?;
+        let (q, k_new, v_new) = self.self_attn.qkv_one(x)?;
         let (k, v) = cache.append_self(i, k_new, v_new)?;
-        // The newest position sees every cached one: no mask.
-        let h = self.self_attn.attend_one(x, &k, &v, None)?;
+        // The newest position sees every cached one: no mask. The query is already scaled.
+        let h = self.self_attn.attend_query(&q, &k, &v, None, 1.0)?;
         let (ck, cv, mask) = cache.cross(i);
         let cross = |x: &Tensor| self.encoder_attn.attend_one(x, ck, cv, Some(mask));
         self.cross_and_ffn(x, &h, cross, Mode::Eval)

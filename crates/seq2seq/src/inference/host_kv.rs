@@ -102,37 +102,53 @@ impl HostKv {
         device: &Device,
     ) -> Result<Tensor> {
         let attn = &layer.self_attn;
-        with_host_f32(&attn.k_proj.forward(x)?, |k| {
-            self.self_k[i].extend_from_slice(k)
-        })?;
-        with_host_f32(&attn.v_proj.forward(x)?, |v| {
-            self.self_v[i].extend_from_slice(v)
+        let d = self.heads * self.head_dim;
+        // One product for q (already scaled), k and v, split on the host.
+        let mut q = Vec::with_capacity(x.dim(0)? * d);
+        with_host_f32(&attn.fused_qkv()?.forward(x)?, |y| {
+            for row in y.chunks_exact(3 * d) {
+                q.extend_from_slice(&row[..d]);
+                self.self_k[i].extend_from_slice(&row[d..2 * d]);
+                self.self_v[i].extend_from_slice(&row[2 * d..]);
+            }
         })?;
         let host = &*self;
         let (heads, dh) = (host.heads, host.head_dim);
-        let d = heads * dh;
         let entries = &host.entries;
         let len = entries.first().map_or(0, |e| e.len());
         let kv = (&host.self_k[i][..], &host.self_v[i][..]);
         let at = |r: usize, h: usize, t: usize| entries[r][t] as usize * d + h * dh;
-        let h = host.attend(attn, x, kv, len, at, None, device)?;
+        let h = host.attend(attn, &q, 1.0, kv, len, at, None, device)?;
         let cross = |x: &Tensor| {
             let (s, source) = (host.src_len, &host.source);
             let mask = |r: usize, t: usize| host.cross_mask[source[r] as usize * s + t];
             let kv = (&host.cross_k[i][..], &host.cross_v[i][..]);
             let at = |r: usize, h: usize, t: usize| ((source[r] as usize * heads + h) * s + t) * dh;
-            host.attend(&layer.encoder_attn, x, kv, s, at, Some(&mask), device)
+            let q = host_vec(&layer.encoder_attn.q_proj.forward(x)?)?;
+            let scale = (dh as f64).powf(-0.5);
+            host.attend(
+                &layer.encoder_attn,
+                &q,
+                scale,
+                kv,
+                s,
+                at,
+                Some(&mask),
+                device,
+            )
         };
         layer.cross_and_ffn(x, &h, cross, Mode::Eval)
     }
 
-    /// `attn` for the queries of `x` `[B, 1, D]` over `len` positions whose keys and values start
-    /// at `at(row, head, position)` in `kv`, through the output projection: `[B, 1, D]`.
+    /// `attn` for the queries `q` (`[B, D]` row-major, times `scale`) over `len` positions whose
+    /// keys and values start at `at(row, head, position)` in `kv`, through the output projection:
+    /// `[B, 1, D]`.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         attn: &Attention,
-        x: &Tensor,
+        q: &[f32],
+        scale: f64,
         kv: (&[f32], &[f32]),
         len: usize,
         at: impl Fn(usize, usize, usize) -> usize + Sync,
@@ -140,12 +156,8 @@ impl HostKv {
         device: &Device,
     ) -> Result<Tensor> {
         let (heads, dh) = (self.heads, self.head_dim);
-        let scale = (dh as f64).powf(-0.5);
-        let q = attn.q_proj.forward(x)?;
-        let out = with_host_f32(&q, |q| {
-            ops::attend_rows(q, kv.0, kv.1, heads, dh, len, scale, at, mask)
-        })?;
-        let rows = x.dim(0)?;
+        let out = ops::attend_rows(q, kv.0, kv.1, heads, dh, len, scale, at, mask);
+        let rows = q.len() / (heads * dh).max(1);
         attn.out_proj
             .forward(&Tensor::from_vec(out, (rows, 1, heads * dh), device)?)
     }
