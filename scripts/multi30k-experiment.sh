@@ -18,7 +18,8 @@
 #             later builds cannot change a running experiment; --fresh-binary replaces the copy.
 #   ALPHAS    α values of the sweep (default "0.5 1 3 5")
 #   SWEEP_UPDATES  updates per sweep run (default 1500, ~7 epochs: short runs, picked on validation BLEU)
-#   SEEDS     seeds of the baseline and the chosen R-Drop (default "1"; "1 2" for mean ± std)
+#   SEEDS     seeds of the baseline, the chosen R-Drop and the control (default "1"; "1 2" for
+#             mean ± std; seed N trains baseline-sN, rdrop-sN and control-sN under the same budget)
 #   BEAM      test decoding beam (default 5); AVG_LAST (checkpoints averaged, default 5)
 #   EXTRA_SET more `--set k=v` flags for every training (e.g. a shorter budget for a smoke test);
 #             the steps' own settings come after them (the sweep's budget: set SWEEP_UPDATES)
@@ -256,55 +257,62 @@ baseline_step() { train baseline "$BASE" "${budget[@]}" && evaluate baseline; }
 rdrop_step() {
   train rdrop "$RDROP_RECIPE" --set "criterion.alpha=$1" "${budget[@]}" && evaluate rdrop
 }
-# The control is the baseline given twice R-Drop's updates. It runs beside R-Drop, trailing it: it
-# may always train to twice R-Drop's latest checkpoint, since R-Drop's final count can only be
-# larger, and it ends at twice the final count once R-Drop is done.
+# control_step [SEED]: the control is the baseline given twice R-Drop's updates (of the same seed:
+# control-sN continues baseline-sN beside rdrop-sN). It runs beside R-Drop, trailing it: it may
+# always train to twice R-Drop's latest checkpoint, since R-Drop's final count can only be larger,
+# and it ends at twice the final count once R-Drop is done.
 control_step() {
-  local ctl=$STATE/runs/control
+  local sfx="" seed=()
+  if [ -n "${1:-}" ]; then sfx=-s$1; seed=(--set "seed=$1"); fi
+  local base=baseline$sfx rdrop=rdrop$sfx control=control$sfx
+  local ctl=$STATE/runs/$control
   while [ ! -f "$ctl/DONE" ]; do
     local n rdone=0
     if [ -n "$BUDGET" ]; then
       # A fixed budget fixes the control's length from the start: it need not trail R-Drop.
       n=$(( 2 * BUDGET )); rdone=1
     else
-      n=$(( 2 * $(updates_of rdrop) ))
-      [ -f "$STATE/runs/rdrop/DONE" ] && rdone=1
+      n=$(( 2 * $(updates_of "$rdrop") ))
+      [ -f "$STATE/runs/$rdrop/DONE" ] && rdone=1
     fi
     if [ ! -e "$ctl" ]; then
       # The control starts from the finished baseline (or fresh, below), never from a running one.
-      if [ ! -f "$STATE/runs/baseline/DONE" ]; then
+      if [ ! -f "$STATE/runs/$base/DONE" ]; then
         [ -f "$STATE/logs/FAILED" ] && return 1
         sleep 120; continue
       fi
       # The baseline's updates are the control's first ones when it stopped before n.
-      if [ "$(updates_of baseline)" -lt "$n" ]; then branch baseline control; continue; fi
+      if [ "$(updates_of "$base")" -lt "$n" ]; then branch "$base" "$control"; continue; fi
       # R-Drop stopped before the baseline did: the control is a fresh run of n updates.
       [ "$rdone" = 1 ] || { sleep 120; continue; }
     fi
-    local have; have=$(updates_of control)
+    local have; have=$(updates_of "$control")
     if [ "$have" -lt "$n" ]; then
-      fit control "$BASE" --set "training.max_updates=$n" --set "validation.patience=0"
-      [ "$(updates_of control)" -gt "$have" ] || { log "control made no progress at update $have"; exit 1; }
+      fit "$control" "$BASE" "${seed[@]}" --set "training.max_updates=$n" --set "validation.patience=0"
+      [ "$(updates_of "$control")" -gt "$have" ] || { log "$control made no progress at update $have"; exit 1; }
     elif [ "$rdone" = 1 ]; then
       touch "$ctl/DONE"
-      log "trained control: $(grep -h 'trained' "$STATE/logs/control.log" | tail -n 1)"
+      log "trained $control: $(grep -h 'trained' "$STATE/logs/$control.log" | tail -n 1)"
     else
       sleep 120
     fi
   done
-  evaluate control
+  evaluate "$control"
 }
-seed_baseline() { train "baseline-s$1" "$BASE" --set "seed=$1" && evaluate "baseline-s$1"; }
+# Further seeds train under the same budget as seed 1 (none with BUDGET unset: to convergence).
+seed_baseline() { train "baseline-s$1" "$BASE" --set "seed=$1" "${budget[@]}" && evaluate "baseline-s$1"; }
 seed_rdrop() {
   train "rdrop-s$1" "$RDROP_RECIPE" --set "seed=$1" --set "criterion.alpha=$(cat "$STATE/scores/chosen-alpha")" \
-    && evaluate "rdrop-s$1"
+    "${budget[@]}" && evaluate "rdrop-s$1"
 }
 # all_significance: paired tests of every pair the report compares, once both have test outputs.
 all_significance() {
   significance baseline rdrop
   significance control rdrop
   for seed in $SEEDS; do
-    [ "$seed" = 1 ] || significance "baseline-s$seed" "rdrop-s$seed"
+    [ "$seed" = 1 ] && continue
+    significance "baseline-s$seed" "rdrop-s$seed"
+    significance "control-s$seed" "rdrop-s$seed"
   done
 }
 
@@ -322,6 +330,8 @@ for step in $PLAN; do
     rdrop)
       if [ -n "$ALPHA" ]; then
         echo "$ALPHA" >"$STATE/scores/chosen-alpha"
+        # A sweep run of this α that an earlier invocation finished holds R-Drop's first updates.
+        branch "sweep-a$ALPHA" rdrop
         spawn rdrop_step "$ALPHA"
         continue
       fi
@@ -342,6 +352,7 @@ for step in $PLAN; do
         [ "$seed" = 1 ] && continue
         spawn seed_baseline "$seed"
         spawn seed_rdrop "$seed"
+        spawn control_step "$seed"
       done ;;
     report)
       join

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import statistics
+import tomllib
 
 import matplotlib
 
@@ -51,11 +52,21 @@ def tok_lc_bleu(hyps, tok_ref):
     return sacrebleu.corpus_bleu(t, [lines(tok_ref)], tokenize="none", force=True).score
 
 
-def describe(name):
+def run_seed(run):
+    """The seed a run trained with, from the resolved recipe its checkpoints carry (None if none yet)."""
+    for p in sorted(glob.glob(os.path.join(run, "checkpoints", "*", "recipe.toml")))[-1:]:
+        with open(p, "rb") as f:
+            return tomllib.load(f).get("seed")
+    return None
+
+
+def describe(name, run):
     if name.startswith("sweep-a"):
         return f"R-Drop α {name[7:]} (sweep)"
     base = name.split("-s")[0]
-    seed = name.split("-s")[1] if "-s" in name else "1"
+    # The seed comes from the run itself: EXTRA_SET="--set seed=N" trains another seed under the
+    # systems' plain names.
+    seed = run_seed(run) or (name.split("-s")[1] if "-s" in name else "1")
     label = {"baseline": "baseline (label-smoothed CE)", "rdrop": "R-Drop", "control":
              "compute-matched baseline (2× updates)"}.get(base, base)
     return f"{label}, seed {seed}"
@@ -139,7 +150,7 @@ def main():
             if not any(cells) and ck != "best":
                 continue
             status = "" if done else " (running)"
-            out.append(f"| {describe(name)}{status} | {ck} | {last_upd} | "
+            out.append(f"| {describe(name, run)}{status} | {ck} | {last_upd} | "
                        + (f"{best['bleu']:.2f} ({best['update']})" if best else "") + " | "
                        + " | ".join(cells) + f" | {wall / 3600:.2f} h |")
     out.append("\nBLEU: sacreBLEU's default (cased, 13a, detokenised; `rdrop bleu`). lc BLEU: the same, "
