@@ -54,10 +54,11 @@ def tok_lc_bleu(hyps, tok_ref):
 
 def run_seed(run):
     """The seed a run trained with, from the resolved recipe its checkpoints carry (None if none yet)."""
-    for p in sorted(glob.glob(os.path.join(run, "checkpoints", "*", "recipe.toml")))[-1:]:
-        with open(p, "rb") as f:
-            return tomllib.load(f).get("seed")
-    return None
+    recipes = sorted(glob.glob(os.path.join(run, "checkpoints", "*", "recipe.toml")))
+    if not recipes:
+        return None
+    with open(recipes[-1], "rb") as f:
+        return tomllib.load(f).get("seed")
 
 
 def describe(name, run):
