@@ -9,6 +9,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import tomllib
 
@@ -191,11 +192,24 @@ def main():
                        f"{f(v[-1].get('consistency_kl') if v else None)} |")
         out.append("")
 
-    # Significance.
-    for p in sorted(glob.glob(os.path.join(a.state, "scores", "paired.*.txt"))):
+    # Significance: a summary (Δ BLEU of the best checkpoints, p of each test), then sacreBLEU's tables.
+    paired = sorted(glob.glob(os.path.join(a.state, "scores", "paired.*.txt")))
+    if paired:
+        out.append("| comparison | test | Δ BLEU | p bootstrap | p approximate randomisation |\n|---|---|---|---|---|")
+        for p in paired:
+            _, base, other, test = os.path.basename(p)[:-4].split(".")
+            # The bootstrap table comes first, then approximate randomisation's, each with one p.
+            ps = re.findall(r"\(p = ([0-9.]+)\)(\*?)", open(p, encoding="utf-8").read())
+            ours, theirs = score(a.state, other, "best", test, "bleu"), score(a.state, base, "best", test, "bleu")
+            delta = "" if ours is None or theirs is None else f"{ours - theirs:+.2f}"
+            cell = lambda i: f"{ps[i][0]}{ps[i][1]}" if len(ps) > i else ""
+            out.append(f"| {other} vs {base} | {test} | {delta} | {cell(0)} | {cell(1)} |")
+        out.append("")
+    for p in paired:
         # sacreBLEU's tables only (bootstrap, then approximate randomisation); its help text is left out.
         text = open(p, encoding="utf-8").read()
-        tables = "\n".join(l for l in text.splitlines() if l[:1] in "╒│╞├╘")
+        # `l and`: a blank line's l[:1] is "", which `in` finds in any string.
+        tables = "\n".join(l for l in text.splitlines() if l and l[0] in "╒│╞├╘")
         _, base, other, test = os.path.basename(p)[:-4].split(".")
         out.append(f"Paired tests, {other} against {base} on {test} (bootstrap 1000 resamples, then "
                    f"approximate randomisation 10000 trials; p marked * below 0.05):\n\n```\n{tables}\n```\n")
