@@ -193,24 +193,23 @@ def main():
         out.append("")
 
     # Significance: a summary (Δ BLEU of the best checkpoints, p of each test), then sacreBLEU's tables.
-    paired = sorted(glob.glob(os.path.join(a.state, "scores", "paired.*.txt")))
+    paired = []
+    for p in sorted(glob.glob(os.path.join(a.state, "scores", "paired.*.txt"))):
+        _, base, other, test = os.path.basename(p)[:-4].split(".")
+        paired.append((base, other, test, open(p, encoding="utf-8").read()))
     if paired:
         out.append("| comparison | test | Δ BLEU | p bootstrap | p approximate randomisation |\n|---|---|---|---|---|")
-        for p in paired:
-            _, base, other, test = os.path.basename(p)[:-4].split(".")
+        for base, other, test, text in paired:
             # The bootstrap table comes first, then approximate randomisation's, each with one p.
-            ps = re.findall(r"\(p = ([0-9.]+)\)(\*?)", open(p, encoding="utf-8").read())
+            ps = ["".join(m) for m in re.findall(r"\(p = ([0-9.]+)\)(\*?)", text)] + ["", ""]
             ours, theirs = score(a.state, other, "best", test, "bleu"), score(a.state, base, "best", test, "bleu")
             delta = "" if ours is None or theirs is None else f"{ours - theirs:+.2f}"
-            cell = lambda i: f"{ps[i][0]}{ps[i][1]}" if len(ps) > i else ""
-            out.append(f"| {other} vs {base} | {test} | {delta} | {cell(0)} | {cell(1)} |")
+            out.append(f"| {other} vs {base} | {test} | {delta} | {ps[0]} | {ps[1]} |")
         out.append("")
-    for p in paired:
+    for base, other, test, text in paired:
         # sacreBLEU's tables only (bootstrap, then approximate randomisation); its help text is left out.
-        text = open(p, encoding="utf-8").read()
         # `l and`: a blank line's l[:1] is "", which `in` finds in any string.
         tables = "\n".join(l for l in text.splitlines() if l and l[0] in "╒│╞├╘")
-        _, base, other, test = os.path.basename(p)[:-4].split(".")
         out.append(f"Paired tests, {other} against {base} on {test} (bootstrap 1000 resamples, then "
                    f"approximate randomisation 10000 trials; p marked * below 0.05):\n\n```\n{tables}\n```\n")
 
